@@ -1,0 +1,164 @@
+"""Numba kernels for the elementwise buffer math of the collectives.
+
+Every kernel is a short loop that trusts its input: same length, same
+dtype, C-contiguous 1-D arrays.  The Python wrappers in ``_ops`` do all the
+checks.  ``_jit`` owns the compile options: kernels are compiled eagerly
+for explicit signatures and cached on disk, so the first collective call
+does not pay for compilation.
+
+Numba has no float16 arithmetic on the CPU, so float16 buffers are handled
+as ``uint16`` bit patterns: each element is decoded exactly into float64,
+combined, and rounded back to the nearest float16 (ties to even).  The sum
+or product of two float16 values is exact in float64, so these kernels give
+the correctly rounded float16 result of every single operation.
+"""
+
+import math
+
+import numba as nb
+import numpy as np
+
+__all__ = [
+    "sum_into", "prod_into", "min_into", "max_into", "sum_div_into",
+    "div_inplace",
+    "sum_into_f16", "prod_into_f16", "min_into_f16", "max_into_f16",
+    "sum_div_into_f16", "div_inplace_f16",
+    "f16_to_f64", "f64_to_f16",
+]
+
+_TYPES = (nb.float32, nb.float64, nb.int32, nb.int64)
+_FLOATS = (nb.float32, nb.float64)
+
+
+def _jit(types, nargs, *, scalar=False):
+    """Compile eagerly for ``nargs`` arrays of each type, plus a scalar of it."""
+    sigs = [nb.void(*([t[::1]] * nargs), *([t] if scalar else [])) for t in types]
+    return nb.njit(sigs, cache=True, nogil=True, boundscheck=False)
+
+
+# ---------------------------------------------------------------- native ---
+
+@_jit(_TYPES, 2)
+def sum_into(dst, src):
+    """dst += src."""
+    for i in range(dst.size):
+        dst[i] = dst[i] + src[i]
+
+
+@_jit(_TYPES, 2)
+def prod_into(dst, src):
+    """dst *= src."""
+    for i in range(dst.size):
+        dst[i] = dst[i] * src[i]
+
+
+@_jit(_TYPES, 2)
+def min_into(dst, src):
+    """dst = min(dst, src), NaN propagating like numpy.minimum."""
+    for i in range(dst.size):
+        s = src[i]
+        if s < dst[i] or s != s:
+            dst[i] = s
+
+
+@_jit(_TYPES, 2)
+def max_into(dst, src):
+    """dst = max(dst, src), NaN propagating like numpy.maximum."""
+    for i in range(dst.size):
+        s = src[i]
+        if s > dst[i] or s != s:
+            dst[i] = s
+
+
+@_jit(_FLOATS, 2, scalar=True)
+def sum_div_into(dst, src, divisor):
+    """dst = (dst + src) / divisor, one memory pass for the last avg step."""
+    for i in range(dst.size):
+        dst[i] = (dst[i] + src[i]) / divisor
+
+
+@_jit(_FLOATS, 1, scalar=True)
+def div_inplace(dst, divisor):
+    """dst /= divisor."""
+    for i in range(dst.size):
+        dst[i] = dst[i] / divisor
+
+
+# --------------------------------------------------------------- float16 ---
+
+@nb.njit(nb.float64(nb.uint16), cache=True, nogil=True, inline="always")
+def f16_to_f64(h):
+    """Decode float16 bits exactly."""
+    sign = -1.0 if h & 0x8000 else 1.0
+    exp = (h >> 10) & 0x1F
+    mant = h & 0x3FF
+    if exp == 0:
+        return sign * mant * 5.9604644775390625e-08  # 2**-24
+    if exp == 31:
+        return sign * np.inf if mant == 0 else np.nan
+    return sign * math.ldexp(mant + 1024.0, exp - 25)
+
+
+@nb.njit(nb.uint16(nb.float64), cache=True, nogil=True, inline="always")
+def f64_to_f16(x):
+    """Round to the nearest float16 (ties to even) and return its bits."""
+    if x != x:
+        return np.uint16(0x7E00)
+    sign = 0x8000 if math.copysign(1.0, x) < 0 else 0
+    a = abs(x)
+    if a >= 65520.0:  # rounds to infinity
+        return np.uint16(sign | 0x7C00)
+    if a < 6.103515625e-05:  # below 2**-14: subnormal (may round up to normal)
+        return np.uint16(sign | int(np.rint(a * 16777216.0)))
+    _, e = math.frexp(a)  # a in [2**(e-1), 2**e)
+    mant = int(np.rint(math.ldexp(a, 11 - e)))  # in [1024, 2048]
+    return np.uint16(sign | (((e + 14) << 10) + mant - 1024))
+
+
+_U16 = nb.uint16[::1]
+
+
+@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+def sum_into_f16(dst, src):
+    """dst += src on float16 bit patterns."""
+    for i in range(dst.size):
+        dst[i] = f64_to_f16(f16_to_f64(dst[i]) + f16_to_f64(src[i]))
+
+
+@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+def prod_into_f16(dst, src):
+    """dst *= src on float16 bit patterns."""
+    for i in range(dst.size):
+        dst[i] = f64_to_f16(f16_to_f64(dst[i]) * f16_to_f64(src[i]))
+
+
+@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+def min_into_f16(dst, src):
+    """dst = min(dst, src) on float16 bit patterns, NaN propagating."""
+    for i in range(dst.size):
+        s = f16_to_f64(src[i])
+        if s < f16_to_f64(dst[i]) or s != s:
+            dst[i] = src[i]
+
+
+@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+def max_into_f16(dst, src):
+    """dst = max(dst, src) on float16 bit patterns, NaN propagating."""
+    for i in range(dst.size):
+        s = f16_to_f64(src[i])
+        if s > f16_to_f64(dst[i]) or s != s:
+            dst[i] = src[i]
+
+
+@nb.njit(nb.void(_U16, _U16, nb.float64), cache=True, nogil=True)
+def sum_div_into_f16(dst, src, divisor):
+    """dst = (dst + src) / divisor on float16 bits, rounded once."""
+    for i in range(dst.size):
+        dst[i] = f64_to_f16((f16_to_f64(dst[i]) + f16_to_f64(src[i])) / divisor)
+
+
+@nb.njit(nb.void(_U16, nb.float64), cache=True, nogil=True)
+def div_inplace_f16(dst, divisor):
+    """dst /= divisor on float16 bit patterns."""
+    for i in range(dst.size):
+        dst[i] = f64_to_f16(f16_to_f64(dst[i]) / divisor)
