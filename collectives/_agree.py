@@ -1,4 +1,4 @@
-"""Agreement check: do all ranks pass the same count, dtype, op, root?
+"""Agreement check: do all ranks pass the same count, dtype, op and root.
 
 One small ``Allreduce(MAX)`` of ``[v, -v]`` per field tells every rank at
 once whether all values are equal (``max(v) == -max(-v)``).  Only when they

@@ -40,46 +40,46 @@ def _jit(types, nargs, *, scalar=False):
 
 @_jit(_TYPES, 2)
 def sum_into(dst, src):
-    """dst += src."""
+    """Dst += src."""
     for i in range(dst.size):
         dst[i] = dst[i] + src[i]
 
 
 @_jit(_TYPES, 2)
 def prod_into(dst, src):
-    """dst *= src."""
+    """Dst *= src."""
     for i in range(dst.size):
         dst[i] = dst[i] * src[i]
 
 
 @_jit(_TYPES, 2)
 def min_into(dst, src):
-    """dst = min(dst, src), NaN propagating like numpy.minimum."""
+    """Dst = min(dst, src), NaN and signed zeros exactly as numpy.minimum."""
     for i in range(dst.size):
-        s = src[i]
-        if s < dst[i] or s != s:
-            dst[i] = s
+        d = dst[i]
+        if not (d < src[i] or d != d):
+            dst[i] = src[i]
 
 
 @_jit(_TYPES, 2)
 def max_into(dst, src):
-    """dst = max(dst, src), NaN propagating like numpy.maximum."""
+    """Dst = max(dst, src), NaN and signed zeros exactly as numpy.maximum."""
     for i in range(dst.size):
-        s = src[i]
-        if s > dst[i] or s != s:
-            dst[i] = s
+        d = dst[i]
+        if not (d > src[i] or d != d):
+            dst[i] = src[i]
 
 
 @_jit(_FLOATS, 2, scalar=True)
 def sum_div_into(dst, src, divisor):
-    """dst = (dst + src) / divisor, one memory pass for the last avg step."""
+    """Dst = (dst + src) / divisor, one memory pass for the last avg step."""
     for i in range(dst.size):
         dst[i] = (dst[i] + src[i]) / divisor
 
 
 @_jit(_FLOATS, 1, scalar=True)
 def div_inplace(dst, divisor):
-    """dst /= divisor."""
+    """Dst /= divisor."""
     for i in range(dst.size):
         dst[i] = dst[i] / divisor
 
@@ -120,45 +120,45 @@ _U16 = nb.uint16[::1]
 
 @nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
 def sum_into_f16(dst, src):
-    """dst += src on float16 bit patterns."""
+    """Dst += src on float16 bit patterns."""
     for i in range(dst.size):
         dst[i] = f64_to_f16(f16_to_f64(dst[i]) + f16_to_f64(src[i]))
 
 
 @nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
 def prod_into_f16(dst, src):
-    """dst *= src on float16 bit patterns."""
+    """Dst *= src on float16 bit patterns."""
     for i in range(dst.size):
         dst[i] = f64_to_f16(f16_to_f64(dst[i]) * f16_to_f64(src[i]))
 
 
 @nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
 def min_into_f16(dst, src):
-    """dst = min(dst, src) on float16 bit patterns, NaN propagating."""
+    """Dst = min(dst, src) on float16 bit patterns, as numpy.minimum."""
     for i in range(dst.size):
-        s = f16_to_f64(src[i])
-        if s < f16_to_f64(dst[i]) or s != s:
+        d = f16_to_f64(dst[i])
+        if not (d < f16_to_f64(src[i]) or d != d):
             dst[i] = src[i]
 
 
 @nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
 def max_into_f16(dst, src):
-    """dst = max(dst, src) on float16 bit patterns, NaN propagating."""
+    """Dst = max(dst, src) on float16 bit patterns, as numpy.maximum."""
     for i in range(dst.size):
-        s = f16_to_f64(src[i])
-        if s > f16_to_f64(dst[i]) or s != s:
+        d = f16_to_f64(dst[i])
+        if not (d > f16_to_f64(src[i]) or d != d):
             dst[i] = src[i]
 
 
 @nb.njit(nb.void(_U16, _U16, nb.float64), cache=True, nogil=True)
 def sum_div_into_f16(dst, src, divisor):
-    """dst = (dst + src) / divisor on float16 bits, rounded once."""
+    """Dst = (dst + src) / divisor on float16 bits, rounded once."""
     for i in range(dst.size):
         dst[i] = f64_to_f16((f16_to_f64(dst[i]) + f16_to_f64(src[i])) / divisor)
 
 
 @nb.njit(nb.void(_U16, nb.float64), cache=True, nogil=True)
 def div_inplace_f16(dst, divisor):
-    """dst /= divisor on float16 bit patterns."""
+    """Dst /= divisor on float16 bit patterns."""
     for i in range(dst.size):
         dst[i] = f64_to_f16(f16_to_f64(dst[i]) / divisor)

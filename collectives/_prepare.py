@@ -6,9 +6,10 @@ from collectives._ops import DTYPES, OPS, check_buffer, check_root, resolve_op
 __all__ = ["prepare"]
 
 _DTYPE_NAMES = tuple(str(d) for d in DTYPES)
+_NO_OP = object()  # tree_bcast takes no op; None must still be rejected
 
 
-def prepare(operation, buf, comm, *, op=None, root=None, extra=(), check=True):
+def prepare(operation, buf, comm, *, op=_NO_OP, root=None, extra=(), check=True):
     """Check ``buf``, ``comm``, ``op`` and ``root``; return the resolved op.
 
     Local checks run first and raise ``TypeError``/``ValueError`` before any
@@ -18,7 +19,7 @@ def prepare(operation, buf, comm, *, op=None, root=None, extra=(), check=True):
     """
     check_comm(comm)
     check_buffer(buf)
-    resolved = None if op is None else resolve_op(op, buf.dtype)
+    resolved = None if op is _NO_OP else resolve_op(op, buf.dtype)
     if root is not None:
         check_root(root, comm)
     if check:

@@ -56,6 +56,7 @@ def ring_allreduce(buf, comm, *, op="sum", check=True):
     --------
     >>> x = np.full(10, comm.rank, dtype=np.float32)
     >>> ring_allreduce(x, comm, op="sum")  # every element is sum(range(size))
+
     """
     reduction = prepare("ring_allreduce", buf, comm, op=op, check=check)
     size = comm.Get_size()

@@ -1,0 +1,1 @@
+"""Benchmarks of the collectives against the MPI library's own."""

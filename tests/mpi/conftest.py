@@ -1,0 +1,53 @@
+"""Run under ``mpiexec ... python -m mpi4py -m pytest``: every rank runs every test.
+
+A failed test on any rank prints its report and aborts the whole job, so
+the other ranks never wait in a collective that the failed rank skipped.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and MPI.COMM_WORLD.Get_size() > 1:
+        sys.stderr.write(f"\n[rank {MPI.COMM_WORLD.Get_rank()}] FAILED "
+                         f"{item.nodeid}\n{report.longreprtext}\n")
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+
+
+def _communicators():
+    world = MPI.COMM_WORLD
+    half = world.Split(world.Get_rank() % 2, world.Get_rank())
+    return {"world": world, "self": MPI.COMM_SELF, "half": half}
+
+
+_COMMS = _communicators()
+
+
+@pytest.fixture(params=sorted(_COMMS))
+def comm(request):
+    """COMM_WORLD, COMM_SELF and a Split half (even / odd ranks)."""
+    return _COMMS[request.param]
+
+
+@pytest.fixture
+def world():
+    return MPI.COMM_WORLD
+
+
+def rank_data(comm, count, dtype, *, seed=0, positive=False):
+    """Different, reproducible data on every rank of ``comm``."""
+    rng = np.random.default_rng([seed, comm.Get_rank(), count])
+    if np.dtype(dtype).kind == "i":
+        lo = 1 if positive else -50
+        return rng.integers(lo, 50, size=count).astype(dtype)
+    if positive:
+        return (1.0 + 0.05 * rng.random(count)).astype(dtype)
+    return rng.standard_normal(count).astype(dtype)

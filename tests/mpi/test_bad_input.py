@@ -1,0 +1,106 @@
+"""Bad input: local errors before any message, mismatches on every rank."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import collectives as C
+
+ALLREDUCES = [C.ring_allreduce, C.tree_allreduce, C.mpi_allreduce,
+              lambda b, c, **kw: C.allreduce(b, c, algorithm="auto", **kw)]
+
+
+@pytest.mark.parametrize("function", ALLREDUCES)
+@pytest.mark.parametrize("bad, error, words", [
+    (dict(op="mean"), ValueError, "unsupported op 'mean'"),
+    (dict(op=MPI.LAND), ValueError, "unsupported op"),
+    (dict(op=None), ValueError, "unsupported op None"),
+])
+def test_unknown_op(world, function, bad, error, words):
+    with pytest.raises(error, match=words):
+        function(np.zeros(4), world, **bad)
+
+
+@pytest.mark.parametrize("function", ALLREDUCES)
+def test_bad_buffers(world, function):
+    with pytest.raises(TypeError, match="unsupported dtype complex128"):
+        function(np.zeros(4, dtype=complex), world)
+    with pytest.raises(TypeError, match="unsupported dtype uint8"):
+        function(np.zeros(4, dtype=np.uint8), world)
+    with pytest.raises(TypeError, match="numpy.ndarray, got list"):
+        function([1.0, 2.0], world)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        function(np.zeros((4, 4))[:, 0], world)
+    ro = np.zeros(4)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        function(ro, world)
+    with pytest.raises(TypeError, match="'avg' needs a floating dtype, got int32"):
+        function(np.zeros(4, dtype=np.int32), world, op="avg")
+    with pytest.raises(TypeError, match="intracommunicator"):
+        function(np.zeros(4), "COMM_WORLD")
+
+
+def test_mpi_baseline_rejects_float16(world):
+    with pytest.raises(TypeError, match="float16"):
+        C.allreduce(np.zeros(3, np.float16), world, algorithm="mpi")
+
+
+def test_unknown_algorithm(world):
+    with pytest.raises(ValueError, match="unknown algorithm 'fast'"):
+        C.allreduce(np.zeros(3), world, algorithm="fast")
+
+
+@pytest.mark.parametrize("function", [C.tree_reduce, C.tree_bcast])
+def test_bad_root(world, function):
+    size = world.Get_size()
+    with pytest.raises(ValueError, match=f"root {size} is out of range.*size {size}"):
+        function(np.zeros(3), world, root=size)
+    with pytest.raises(ValueError, match="root -1 is out of range"):
+        function(np.zeros(3), world, root=-1)
+    with pytest.raises(TypeError, match="root must be an int"):
+        function(np.zeros(3), world, root="0")
+
+
+def _on_every_rank_raises(call, words):
+    with pytest.raises(C.CollectiveMismatchError, match=words):
+        call()
+
+
+@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "auto"])
+def test_count_mismatch(world, name):
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    rank = world.Get_rank()
+    buf = np.zeros(10 + (rank == 1), dtype=np.float32)
+    _on_every_rank_raises(lambda: C.allreduce(buf, world, algorithm=name),
+                          "count: rank 0 has 10, rank 1 has 11")
+
+
+def test_dtype_mismatch(world):
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    dtype = np.float64 if world.Get_rank() == 0 else np.float32
+    _on_every_rank_raises(lambda: C.ring_allreduce(np.zeros(5, dtype), world),
+                          "dtype: rank 0 has float64, rank 1 has float32")
+
+
+def test_op_and_root_mismatch(world):
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    rank = world.Get_rank()
+    _on_every_rank_raises(
+        lambda: C.tree_allreduce(np.zeros(5), world, op="max" if rank else "sum"),
+        "op: rank 0 has sum, rank 1 has max")
+    _on_every_rank_raises(
+        lambda: C.tree_reduce(np.zeros(5), world, root=min(rank, 1)),
+        "root: rank 0 has 0, rank 1 has 1")
+    _on_every_rank_raises(
+        lambda: C.tree_bcast(np.zeros(5), world, root=min(rank, 1)),
+        "root: rank 0 has 0, rank 1 has 1")
+
+
+def test_still_usable_after_errors(world):
+    x = np.ones(7)
+    C.allreduce(x, world)
+    assert np.all(x == world.Get_size())
