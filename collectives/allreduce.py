@@ -26,7 +26,7 @@ def choose_algorithm(nbytes, size):
     return "ring"
 
 
-def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True):
+def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None):
     """All-reduce ``buf`` in place with the chosen algorithm.
 
     Arguments and result are those of :func:`collectives.ring_allreduce`,
@@ -41,4 +41,4 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True):
         check_comm(comm)
         check_buffer(buf)
         algorithm = choose_algorithm(buf.nbytes, comm.Get_size())
-    return _IMPLEMENTATIONS[algorithm](buf, comm, op=op, check=check)
+    return _IMPLEMENTATIONS[algorithm](buf, comm, op=op, check=check, timeout=timeout)

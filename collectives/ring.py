@@ -18,11 +18,12 @@ from collectives._chunks import chunk_bounds
 from collectives._ops import kernel_view
 from collectives._prepare import prepare
 from collectives._scratch import scratch
+from collectives._wait import wait_all
 
 __all__ = ["ring_allreduce"]
 
 
-def ring_allreduce(buf, comm, *, op="sum", check=True):
+def ring_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     """All-reduce ``buf`` in place over ``comm`` with the ring algorithm.
 
     Parameters
@@ -39,6 +40,10 @@ def ring_allreduce(buf, comm, *, op="sum", check=True):
     check : bool
         Verify that all ranks pass the same count, dtype and op (one small
         extra message).  Leave on unless you have measured a need.
+    timeout : float, optional
+        Seconds to wait for any one peer before raising
+        ``CollectiveTimeoutError``; ``None`` takes ``MPI_COLLECTIVES_TIMEOUT``
+        (default 300).
 
     Returns
     -------
@@ -51,6 +56,8 @@ def ring_allreduce(buf, comm, *, op="sum", check=True):
         Bad buffer, op or communicator, before any message is sent.
     CollectiveMismatchError
         On every rank, when ranks disagree on count, dtype or op.
+    CollectiveTimeoutError
+        When a peer does not take part within ``timeout``; names the peer.
 
     Examples
     --------
@@ -58,15 +65,16 @@ def ring_allreduce(buf, comm, *, op="sum", check=True):
     >>> ring_allreduce(x, comm, op="sum")  # every element is sum(range(size))
 
     """
-    reduction = prepare("ring_allreduce", buf, comm, op=op, check=check)
+    reduction = prepare("ring_allreduce", buf, comm, op=op, check=check,
+                        timeout=timeout)
     size = comm.Get_size()
     if size == 1 or buf.size == 0:
         return buf
     flat = kernel_view(buf)
     starts, sizes = chunk_bounds(flat.size, size)
     chunks = [flat[s:s + n] for s, n in zip(starts, sizes)]
-    _reduce_scatter(chunks, comm, reduction)
-    _allgather(chunks, comm)
+    _reduce_scatter(chunks, comm, reduction, timeout)
+    _allgather(chunks, comm, timeout)
     return buf
 
 
@@ -75,7 +83,14 @@ def _neighbours(comm):
     return rank, size, (rank - 1) % size, (rank + 1) % size
 
 
-def _reduce_scatter(chunks, comm, reduction):
+def _exchange(comm, send, right, recv, left, tag, operation, timeout):
+    # Sendrecv with a deadline: the error names the neighbour that is late.
+    requests = [comm.Irecv([recv, MPI.BYTE], left, tag),
+                comm.Isend([send, MPI.BYTE], right, tag)]
+    wait_all(requests, [left, right], operation=operation, timeout=timeout, comm=comm)
+
+
+def _reduce_scatter(chunks, comm, reduction, timeout):
     # Step s: send partial chunk (rank - s), add the left's partial of
     # chunk (rank - s - 1); the last step also divides for "avg".
     rank, size, left, right = _neighbours(comm)
@@ -84,18 +99,18 @@ def _reduce_scatter(chunks, comm, reduction):
         send = chunks[(rank - step) % size]
         mine = chunks[(rank - step - 1) % size]
         recv = incoming[:mine.size]
-        comm.Sendrecv([send, MPI.BYTE], right, 0, [recv, MPI.BYTE], left, 0)
+        _exchange(comm, send, right, recv, left, 0, "ring_allreduce", timeout)
         if reduction.average and step == size - 2:
             reduction.sum_div(mine, recv, size)
         else:
             reduction.reduce(mine, recv)
 
 
-def _allgather(chunks, comm):
+def _allgather(chunks, comm, timeout):
     # Step s: pass on finished chunk (rank + 1 - s), receive chunk
     # (rank - s) from the left straight into the buffer.
     rank, size, left, right = _neighbours(comm)
     for step in range(size - 1):
         send = chunks[(rank + 1 - step) % size]
         recv = chunks[(rank - step) % size]
-        comm.Sendrecv([send, MPI.BYTE], right, 1, [recv, MPI.BYTE], left, 1)
+        _exchange(comm, send, right, recv, left, 1, "ring_allreduce", timeout)
