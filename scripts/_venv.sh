@@ -6,12 +6,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 export NUMBA_NUM_THREADS=1
 
-ensure_venv() {  # ensure_venv EXTRAS
-    if [ ! -x "$VENV/bin/python" ]; then
-        python3 -m venv "$VENV"
-        "$VENV/bin/python" -m pip install -q --upgrade pip
+make_venv() {  # make_venv DIR EXTRAS
+    if [ ! -x "$1/bin/python" ]; then
+        python3 -m venv "$1"
+        "$1/bin/python" -m pip install -q --upgrade pip
     fi
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[$1]"
+    "$1/bin/python" -m pip install -q -e "$ROOT[$2]"
     # Compile and cache the Numba kernels once, not in every rank at once.
-    "$VENV/bin/python" -c "import collectives"
+    "$1/bin/python" -c "import collectives"
+}
+
+ensure_venv() {  # ensure_venv EXTRAS: the main venv, with MPICH
+    make_venv "$VENV" "$1"
 }
