@@ -101,14 +101,16 @@ def wait_all(requests, peers, *, operation, timeout=None, comm=None):
     """Complete every request, or cancel the rest and raise a timeout.
 
     ``peers[i]`` is the rank that ``requests[i]`` sends to or receives
-    from; the timeout error names the peers whose requests are pending.
+    from (or a list of ranks, for a collective request); the timeout error
+    names the peers whose requests are pending.
     """
     if MPI.Request.Testall(requests):
         return
     deadline = Deadline(operation, timeout=timeout, comm=comm)
     while True:
         MPI.Request.Testsome(requests)  # frees the completed ones
-        pending = sorted({p for r, p in zip(requests, peers) if r != MPI.REQUEST_NULL})
+        pending = sorted({q for r, p in zip(requests, peers) if r != MPI.REQUEST_NULL
+                          for q in (p if isinstance(p, (list, tuple)) else [p])})
         if not pending:
             return
         try:
