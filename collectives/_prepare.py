@@ -5,6 +5,7 @@ import zlib
 from collectives._agree import check_agreement, check_comm
 from collectives._ops import DTYPES, check_buffer, check_root, resolve_op
 from collectives._wait import resolve_timeout
+from collectives.timeline import phase
 
 __all__ = ["prepare"]
 
@@ -34,5 +35,6 @@ def prepare(operation, buf, comm, *, op=_NO_OP, root=None, extra=(), check=True,
             fields.append(("op", resolved.code, resolved.name))
         if root is not None:
             fields.append(("root", int(root), int(root)))
-        check_agreement(comm, operation, fields + list(extra), timeout=timeout)
+        with phase(comm, "agreement check"):
+            check_agreement(comm, operation, fields + list(extra), timeout=timeout)
     return resolved

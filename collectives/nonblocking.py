@@ -27,6 +27,7 @@ from mpi4py import MPI
 from collectives._agree import check_comm
 from collectives._ops import check_buffer, resolve_op
 from collectives.allreduce import ALGORITHMS, allreduce
+from collectives.timeline import phase
 
 __all__ = ["iallreduce", "AllreduceHandle", "close_progress"]
 
@@ -68,6 +69,7 @@ class _Worker:
     """A progress thread that runs one communicator's reductions in order."""
 
     def __init__(self, comm):
+        self.parent = comm
         self.comm = comm.Dup()
         self.jobs = queue.SimpleQueue()
         self.started = 0
@@ -88,7 +90,9 @@ class _Worker:
                 return
             handle, options = job
             try:
-                allreduce(handle.buf, self.comm, **options)
+                with phase(self.parent, f"iallreduce #{handle.sequence}", lane=1,
+                           bytes=handle.buf.nbytes):
+                    allreduce(handle.buf, self.comm, **options)
             except Exception as error:  # handed to the caller in wait()
                 handle._finish(error)
             else:

@@ -19,6 +19,7 @@ from collectives._ops import kernel_view
 from collectives._prepare import prepare
 from collectives._scratch import scratch
 from collectives._wait import wait_all
+from collectives.timeline import phase
 
 __all__ = ["ring_allreduce"]
 
@@ -73,8 +74,10 @@ def ring_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     flat = kernel_view(buf)
     starts, sizes = chunk_bounds(flat.size, size)
     chunks = [flat[s:s + n] for s, n in zip(starts, sizes)]
-    _reduce_scatter(chunks, comm, reduction, timeout)
-    _allgather(chunks, comm, timeout)
+    with phase(comm, "ring reduce-scatter", bytes=buf.nbytes):
+        _reduce_scatter(chunks, comm, reduction, timeout)
+    with phase(comm, "ring all-gather", bytes=buf.nbytes):
+        _allgather(chunks, comm, timeout)
     return buf
 
 

@@ -17,6 +17,7 @@ from collectives._ops import kernel_view
 from collectives._prepare import prepare
 from collectives._scratch import scratch
 from collectives._wait import wait_all
+from collectives.timeline import phase
 
 __all__ = ["tree_reduce", "tree_bcast", "tree_allreduce"]
 
@@ -60,8 +61,10 @@ def tree_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     if buf.size:
         flat = kernel_view(buf)
         link = _Link(comm, "tree_allreduce", timeout)
-        _reduce(flat, link, 0, reduction, keep_input=False)
-        _bcast(flat, link, 0)
+        with phase(comm, "tree reduce", bytes=buf.nbytes):
+            _reduce(flat, link, 0, reduction, keep_input=False)
+        with phase(comm, "tree bcast", bytes=buf.nbytes):
+            _bcast(flat, link, 0)
     return buf
 
 
