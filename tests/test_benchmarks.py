@@ -1,0 +1,155 @@
+"""The benchmark CLI: runs under mpiexec, validates, writes parseable files.
+
+Each case launches ``python -m mpi4py -m benchmarks.collectives`` with tiny
+sizes and iteration counts (the numbers are not looked at, only the
+structure of the output and the ``-c`` verdicts), so the whole module takes
+well under a minute.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from launch import ROOT, run_mpi
+
+from benchmarks import collectives as bench
+from benchmarks._harness import iterations, parse_size, parse_sizes
+
+TINY = ["-i", "2", "-x", "1"]
+HEADER = [c.header for c in bench.COLUMNS]
+
+
+def _bench(nranks, args, **kw):
+    result = run_mpi(nranks, ["-m", "benchmarks.collectives", *args], timeout=120, **kw)
+    log = (f"--- stdout ---\n{result.stdout[-6000:]}\n"
+           f"--- stderr ---\n{result.stderr[-6000:]}")
+    return result, log
+
+
+def _table(stdout):
+    """Rows of the printed table as dicts keyed by column header."""
+    lines = [line.split() for line in stdout.splitlines() if line and not line.startswith("#")]
+    header = " ".join(HEADER).split()  # "avg us" etc. are two words
+    assert lines[0] == header, lines[0]
+    rows = []
+    for cells in lines[1:]:
+        assert len(cells) == len(HEADER), cells
+        rows.append(dict(zip([c.key for c in bench.COLUMNS], cells)))
+    return rows
+
+
+@pytest.mark.parametrize("nranks", (1, 2, 3, 5))
+def test_allreduce_all_algorithms_pass(nranks, tmp_path):
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    result, log = _bench(nranks, ["allreduce", "-m", "4:2K", "-c", *TINY,
+                                  "--json", str(out_json), "--csv", str(out_csv)])
+    assert result.returncode == 0, log
+    rows = _table(result.stdout)
+    names = bench.algorithm_names("allreduce")
+    sizes = [b for b in parse_sizes("4:2K")]
+    assert [(int(r["bytes"]), r["algorithm"]) for r in rows] == [
+        (b, n) for b in sizes for n in names], log
+    assert all(r["check"] == "pass" for r in rows), log
+    assert all(float(r["vs_mpi"]) > 0 for r in rows), log
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["ranks"] == nranks and len(data["rows"]) == len(rows)
+    for row in data["rows"]:
+        assert row["count"] == row["bytes"] // 4
+        assert row["time_min_us"] <= row["time_avg_us"] <= row["time_max_us"]
+        assert row["busbw_GBps"] == pytest.approx(
+            row["algbw_GBps"] * 2 * (nranks - 1) / nranks, rel=1e-5)
+    with open(out_csv, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["algorithm"] for r in table] == [r["algorithm"] for r in rows]
+    assert {r["check"] for r in table} == {"pass"}
+
+
+@pytest.mark.parametrize("args", [
+    ["reduce", "--root", "2", "-O", "-d", "float64", "-o", "avg"],
+    ["reduce", "--root", "1", "-d", "int32", "-o", "min"],
+    ["bcast", "--root", "2", "-d", "float16"],
+    ["allreduce", "-d", "float16", "-o", "prod", "-O", "-a", "mpi,ring,tree,auto"],
+])
+def test_other_collectives_and_types_pass(args, tmp_path):
+    result, log = _bench(3, [*args, "-m", "8:256", "-c", *TINY])
+    assert result.returncode == 0, log
+    rows = _table(result.stdout)
+    assert rows and all(r["check"] == "pass" for r in rows), log
+    if "float16" in args:  # MPI has no float16: "mpi" is skipped, with a note
+        assert "mpi" not in {r["algorithm"] for r in rows}
+        assert "# mpi skipped" in result.stdout
+
+
+def test_broken_algorithm_fails_check():
+    env = {"PYTHONPATH": str(ROOT / "tests")}
+    algorithms = ("mpi,ring,bench_broken:skew,bench_broken:plus_one,bench_broken:local,"
+                  "bench_broken:picky")
+    result, log = _bench(3, ["allreduce", "-m", "64:256", "-c", "-a", algorithms, *TINY],
+                         env=env)
+    assert result.returncode != 0, log
+    verdicts = {}
+    for row in _table(result.stdout):
+        verdicts.setdefault(row["algorithm"], set()).add(row["check"])
+    assert verdicts == {"mpi": {"pass"}, "ring": {"pass"}, "bench_broken:skew": {"FAIL"},
+                        "bench_broken:plus_one": {"FAIL"},
+                        "bench_broken:local": {"FAIL"}}, log
+    assert "check FAILS: bench_broken:picky" in result.stdout, log
+
+
+def test_pingpong_and_membw(tmp_path):
+    out = tmp_path / "p.json"
+    result, log = _bench(2, ["pingpong", "-m", "1:4K", *TINY, "--json", str(out)])
+    assert result.returncode == 0, log
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["bytes"] for r in rows] == parse_sizes("1:4K")
+    assert all(r["pingpong_us"] > 0 and r["exchange_us"] > 0 for r in rows)
+    result, log = _bench(2, ["membw", "-m", "1M", "-r", "2", "--json", str(out)])
+    assert result.returncode == 0, log
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kernel"] for r in rows} >= {"add numpy", "add-into kernel", "copy numpy"}
+    assert all(r["total_GBps"] >= r["GBps"] > 0 for r in rows)
+
+
+def test_bad_arguments_exit_with_usage():
+    result, log = _bench(1, ["allreduce", "-a", "nope"])
+    assert result.returncode == 2 and "unknown algorithm 'nope'" in result.stderr, log
+
+
+def test_kernel_micro_benchmark(tmp_path):
+    out = tmp_path / "k.json"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "-s", "1M", "-r", "3",
+                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    kernels = [r for r in data["rows"] if r["table"] == "kernels"]
+    assert {r["op"] for r in kernels} == {"sum", "prod", "min", "max", "avg-last"}
+    assert all(r["numba_ms"] > 0 and r["numpy_ms"] > 0 for r in kernels)
+    assert {r["kernel"] for r in data["rows"] if r["table"] == "stream"} >= {"add numpy"}
+
+
+def test_sizes_and_iterations():
+    assert parse_sizes("8:64M")[0] == 8 and parse_sizes("8:64M")[-1] == 64 << 20
+    assert len(parse_sizes("8:64M")) == 24
+    assert parse_sizes("4K") == [4096] and parse_size("1G") == 1 << 30
+    assert iterations(1024, 100) == 100 and iterations(64 << 20, 100) == 3
+    for bad in ("0:8", "8:4", "x", "4T"):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
+
+
+def test_partial_goes_to_its_own_module(monkeypatch):
+    from types import ModuleType
+
+    from mpi4py import MPI
+
+    seen = {}
+    fake = ModuleType("benchmarks.partial")
+    fake.main = lambda argv, comm: seen.update(argv=argv, comm=comm) or 7
+    monkeypatch.setitem(sys.modules, "benchmarks.partial", fake)
+    assert bench.main(["partial", "-m", "8:1K", "--delay", "0.1"], comm=MPI.COMM_SELF) == 7
+    assert seen == {"argv": ["-m", "8:1K", "--delay", "0.1"], "comm": MPI.COMM_SELF}
