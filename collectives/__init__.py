@@ -6,9 +6,15 @@ take the communicator explicitly; options are keyword-only.
 
 from collectives.allreduce import ALGORITHMS, allreduce, choose_algorithm
 from collectives.errors import CollectiveMismatchError, CollectiveTimeoutError
+from collectives.hierarchical import hierarchical_allreduce
 from collectives.mpi import mpi_allreduce
 from collectives.nonblocking import AllreduceHandle, iallreduce
+from collectives.partial import PARTIAL_ALGORITHMS, partial_reduce
+from collectives.pipelined_ring import pipelined_ring_allreduce
+from collectives.recursive_doubling import rd_allreduce
+from collectives.reducer import GroupRecord, PartialReducer
 from collectives.ring import ring_allreduce
+from collectives.shared_memory import shm_allreduce
 from collectives.tree import tree_allreduce, tree_bcast, tree_reduce
 
 __all__ = [
@@ -16,11 +22,19 @@ __all__ = [
     "AllreduceHandle",
     "CollectiveMismatchError",
     "CollectiveTimeoutError",
+    "GroupRecord",
+    "PARTIAL_ALGORITHMS",
+    "PartialReducer",
     "allreduce",
     "choose_algorithm",
+    "hierarchical_allreduce",
     "iallreduce",
     "mpi_allreduce",
+    "partial_reduce",
+    "pipelined_ring_allreduce",
+    "rd_allreduce",
     "ring_allreduce",
+    "shm_allreduce",
     "tree_allreduce",
     "tree_bcast",
     "tree_reduce",

@@ -9,6 +9,11 @@ point with a deadline, so a rank that never arrives gives a timeout error
 naming the rank waited for instead of a hang.  Only when values differ
 does an ``allgather`` collect each rank's values for the message, so every
 rank raises the same error and none is left waiting.
+
+The fast all-reduces carry the same ``[v, -v]`` vector as a header on
+their own messages instead (:func:`agreement_header`,
+``_combine_kernels.merge_header``) and call :func:`raise_disagreement`
+once every rank has seen that the merged values differ.
 """
 
 import numpy as np
@@ -17,7 +22,7 @@ from mpi4py import MPI
 from collectives._wait import wait_all
 from collectives.errors import CollectiveMismatchError
 
-__all__ = ["check_comm", "check_agreement"]
+__all__ = ["check_comm", "check_agreement", "agreement_header", "raise_disagreement"]
 
 _TAG = 77
 
@@ -39,11 +44,24 @@ def check_agreement(comm, operation, fields, *, timeout=None):
     """
     if comm.Get_size() == 1 or not fields:
         return
-    codes = np.array([f[1] for f in fields], dtype=np.int64)
-    both = np.concatenate([codes, -codes])
+    both = agreement_header(fields)
     _max_allreduce(both, comm, operation, timeout)
     if np.array_equal(both[:len(fields)], -both[len(fields):]):
         return
+    raise_disagreement(comm, operation, fields)
+
+
+def agreement_header(fields):
+    """Return the int64 vector ``[v, -v]`` of the fields' codes."""
+    codes = np.array([f[1] for f in fields], dtype=np.int64)
+    return np.concatenate([codes, -codes])
+
+
+def raise_disagreement(comm, operation, fields):
+    """Gather every rank's values and raise ``CollectiveMismatchError`` (collective).
+
+    Call on every rank once all know that the ranks disagree.
+    """
     table = comm.allgather([f[2] for f in fields])  # error path only
     raise CollectiveMismatchError(_describe(operation, fields, table))
 

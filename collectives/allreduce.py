@@ -1,44 +1,115 @@
-"""One all-reduce entry point that picks the algorithm."""
+"""One all-reduce entry point that picks the algorithm.
 
-from collectives._agree import check_comm
-from collectives._ops import check_buffer
+"auto" picks by message size and by where the ranks are (one node or
+several, see :func:`choose_algorithm`), from thresholds measured on the
+development machine (thresholds and numbers below).  Its agreement check
+rides on the chosen algorithm's own first exchange where the algorithm
+has one (the shared-memory and recursive-doubling small paths: no extra
+message); other choices get one header-only exchange of the same kind
+first, so ranks that pick different algorithms because their counts
+differ still meet in the same first exchange and all raise the mismatch.
+"""
+
+from mpi4py import MPI
+
+from collectives import hierarchical, recursive_doubling, shared_memory
+from collectives._nodes import node_layout
+from collectives._prepare import prepare_local
+from collectives.hierarchical import hierarchical_allreduce
 from collectives.mpi import mpi_allreduce
+from collectives.pipelined_ring import pipelined_ring_allreduce
+from collectives.recursive_doubling import rd_allreduce
 from collectives.ring import ring_allreduce
+from collectives.shared_memory import shm_allreduce
 from collectives.tree import tree_allreduce
 
 __all__ = ["allreduce", "ALGORITHMS", "choose_algorithm"]
 
 #: algorithm names accepted by :func:`allreduce`.
-ALGORITHMS = ("auto", "ring", "tree", "mpi")
+ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi")
 
-_IMPLEMENTATIONS = {"ring": ring_allreduce, "tree": tree_allreduce,
-                    "mpi": mpi_allreduce}
+_LAYOUT_KEY = MPI.Comm.Create_keyval()  # comm -> its NodeLayout (owned by _nodes)
 
-# Below this many bytes the tree (log2(size) whole-buffer messages) beats
-# the ring (2 (size - 1) chunk messages): see BENCHMARKS.md, "auto".
-TREE_MAX_BYTES = 16 * 1024
+_IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduce,
+                    "tree": tree_allreduce, "rd": rd_allreduce, "shm": shm_allreduce,
+                    "hierarchical": hierarchical_allreduce, "mpi": mpi_allreduce}
+
+# Thresholds of "auto" (bytes), measured with float32 sums at 2 and 4
+# ranks on the 2-core development machine (MPICH 5.0.2), against MPI's own
+# Allreduce in the same run; interleaved blocks, medians of 5-7 rounds,
+# the machine shared with other test runs (load 4-9), so single numbers
+# are noisy.  Commands and full tables: /work/notes/fast_algorithms.md.
+#
+# One node: the shared-memory algorithm up to SHM_MAX_BYTES.  Time / MPI's
+# time at 2 | 4 ranks: 16 B - 4 KiB 0.3-0.8 | 0.6-1.2 (MPI's own small
+# Allreduce took 14-30 us under that load; 5-7 us for ours), 256 KiB -
+# 2 MiB 0.7-0.8 | 0.55-0.65, 4 MiB 0.90 | 0.85.  Above it the plain ring
+# (one large message per step, which MPICH moves in one copy) beat both
+# MPI and the shared-memory pipeline, whose per-block synchronisation
+# stalls whenever another process takes a rank's core: 8 MiB 1.06 | 0.90,
+# 16 MiB 0.98 | 0.77, 64 MiB 0.24 | 0.46 (against MPI with the default
+# malloc; see the notes for the tuned one).  The pipelined ring measured
+# slower than the plain ring at every size (each segment is a separate
+# rendezvous and MPI moves data only inside MPI calls, so nothing overlaps
+# the Numba reduction), so "auto" does not use it.
+SHM_MAX_BYTES = 4 << 20
+# Several nodes (not measurable on one machine; by design): recursive
+# doubling while data and agreement header fit one message, then the
+# hierarchical algorithm, which moves 1/m of the data across nodes.
+RD_MAX_BYTES = recursive_doubling.FUSED_MAX_BYTES
 
 
-def choose_algorithm(nbytes, size):
-    """Return the algorithm "auto" uses for ``nbytes`` over ``size`` ranks."""
-    if size <= 2 or nbytes <= TREE_MAX_BYTES:
-        return "tree"
-    return "ring"
+def choose_algorithm(nbytes, size, *, nodes=1):
+    """Return the algorithm "auto" uses for ``nbytes`` over ``size`` ranks on ``nodes`` nodes."""
+    if size == 1:
+        return "shm" if nodes == 1 else "rd"
+    if nodes == 1:
+        return "shm" if nbytes <= SHM_MAX_BYTES else "ring"
+    return "rd" if nbytes <= RD_MAX_BYTES else "hierarchical"
 
 
 def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None):
     """All-reduce ``buf`` in place with the chosen algorithm.
 
     Arguments and result are those of :func:`collectives.ring_allreduce`,
-    plus ``algorithm``: "ring", "tree", "mpi" (the MPI library's own
-    ``Allreduce``, as a baseline) or "auto" (by message size and
-    communicator size, see :func:`choose_algorithm`).
+    plus ``algorithm``: "ring", "pipelined" (segmented ring), "tree",
+    "rd" (recursive doubling), "shm" (shared memory, one node),
+    "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
+    library's own ``Allreduce``, as a baseline) or "auto" (by message
+    size and node layout, see :func:`choose_algorithm`).  "auto" splits
+    the communicator by node on its first call (collective); the
+    environment variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it
+    treat groups of that many ranks as nodes.
     """
-    if algorithm not in ALGORITHMS:
+    if algorithm == "auto":
+        return _auto(buf, comm, op, check, timeout)
+    implementation = _IMPLEMENTATIONS.get(algorithm) if isinstance(algorithm, str) else None
+    if implementation is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of "
                          + ", ".join(repr(a) for a in ALGORITHMS))
-    if algorithm == "auto":
-        check_comm(comm)
-        check_buffer(buf)
-        algorithm = choose_algorithm(buf.nbytes, comm.Get_size())
-    return _IMPLEMENTATIONS[algorithm](buf, comm, op=op, check=check, timeout=timeout)
+    return implementation(buf, comm, op=op, check=check, timeout=timeout)
+
+
+def _auto(buf, comm, op, check, timeout):
+    # Local checks, pick, then the pick's own check or a header exchange.
+    reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
+    if comm.Get_size() == 1:
+        return buf
+    layout = comm.Get_attr(_LAYOUT_KEY)
+    if layout is None:  # first call on comm: split by node (collective)
+        layout = node_layout(comm)
+        comm.Set_attr(_LAYOUT_KEY, layout)
+    name = choose_algorithm(buf.nbytes, comm.Get_size(), nodes=layout.nodes)
+    if name == "shm":
+        return shared_memory.run(buf, comm, reduction, operation="allreduce",
+                                 check=check, timeout=timeout)
+    options = dict(operation="allreduce", check=check, timeout=timeout)
+    if name == "rd":
+        return recursive_doubling.run(buf, comm, reduction, **options)
+    if name == "hierarchical":
+        return hierarchical.run(buf, comm, reduction, layout, **options)
+    if check:
+        agree = (shared_memory.window_agreement if layout.nodes == 1
+                 else recursive_doubling.header_agreement)
+        agree(buf, comm, reduction, operation="allreduce", timeout=timeout)
+    return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)

@@ -1,4 +1,4 @@
-"""All-reduce (ring, tree, mpi, auto) against NumPy and MPI's own Allreduce.
+"""All-reduce (every algorithm, and auto) against NumPy and MPI's own Allreduce.
 
 Tolerance: an all-reduce of ``p`` floating inputs makes at most ``p - 1``
 roundings of partial sums (plus one for "avg"), each at most ``eps/2``
@@ -19,7 +19,9 @@ DTYPES = ("float16", "float32", "float64", "int32", "int64")
 OPS = ("sum", "prod", "min", "max", "avg")
 MPI_OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN,
            "max": MPI.MAX}
-ALGORITHMS = ("ring", "tree", "mpi", "auto")
+ALGORITHMS = ("ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi", "auto")
+FUNCTIONS = [C.ring_allreduce, C.pipelined_ring_allreduce, C.tree_allreduce, C.rd_allreduce,
+             C.shm_allreduce, C.hierarchical_allreduce]
 
 
 def counts(comm):
@@ -84,7 +86,7 @@ def test_every_op_dtype_count(comm, algorithm, op, dtype):
         assert_identical_on_all_ranks(result, comm)
 
 
-@pytest.mark.parametrize("function", [C.ring_allreduce, C.tree_allreduce])
+@pytest.mark.parametrize("function", FUNCTIONS)
 @pytest.mark.parametrize("dtype", ("float32", "float64", "int64"))
 def test_against_mpi_allreduce(comm, function, dtype):
     x = rank_data(comm, 100_003, dtype)
@@ -103,7 +105,8 @@ def test_against_mpi_allreduce(comm, function, dtype):
         assert ours.tobytes() == theirs.tobytes()
 
 
-@pytest.mark.parametrize("algorithm", ("ring", "tree", "auto"))
+@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "hierarchical",
+                                       "auto"))
 def test_large_and_shaped(comm, algorithm):
     x = rank_data(comm, 1_000_003, "float32").reshape(1_000_003, 1)
     table = gather_inputs(x, comm)
@@ -117,7 +120,7 @@ def test_large_and_shaped(comm, algorithm):
     np.testing.assert_array_equal(y, table.sum(axis=0, dtype=np.int32))
 
 
-@pytest.mark.parametrize("algorithm", ("ring", "tree"))
+@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "hierarchical"))
 def test_repeatable_bitwise(comm, algorithm):
     x = rank_data(comm, 4099, "float32")
     first, second = x.copy(), x.copy()
@@ -127,5 +130,8 @@ def test_repeatable_bitwise(comm, algorithm):
 
 
 def test_choose_algorithm_is_documented_by_size():
-    assert C.choose_algorithm(8, 4) in C.ALGORITHMS
-    assert C.choose_algorithm(64 << 20, 4) == "ring"
+    for nbytes in (8, 1 << 10, 1 << 20, 64 << 20):
+        for size, nodes in ((2, 1), (4, 1), (4, 2), (6, 3)):
+            assert C.choose_algorithm(nbytes, size, nodes=nodes) in C.ALGORITHMS
+    assert C.choose_algorithm(8, 4, nodes=2) == "rd"
+    assert C.choose_algorithm(64 << 20, 4, nodes=2) == "hierarchical"

@@ -1,0 +1,198 @@
+"""Numba kernels for the fast all-reduces: ordered combination, folds, headers.
+
+``combine(out, lo, hi, code, divisor)`` writes ``out = lo op hi`` where
+``lo`` is the data of the lower rank, so two ranks that combine the same
+pair get the same bits whatever the op (NaN payloads and signed zeros in
+min/max included).  ``fold_rows`` reduces rows that lie at a constant
+stride in one array (a shared window: one row per rank, in rank order).
+``step`` merges an agreement header and combines data in one call: the
+header is ``[v, -v]`` of the collective's integer fields, merged by
+elementwise maximum, and the ranks agree while ``max(v) == -max(-v)``.
+
+Each kernel takes an op ``code`` (see ``CODES``) and branches outside its
+loops.  float16 buffers are ``uint16`` bits, as in ``_kernels``: one
+body per kernel serves them too, through ``_pair``, whose overload
+compiles the float16 loop (decode, combine exactly, round once) for
+``uint16`` and the plain loop for the native dtypes.
+"""
+
+import numba as nb
+from numba.extending import overload
+
+from collectives._kernels import f16_to_f64, f64_to_f16
+
+__all__ = [
+    "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
+    "combine", "fold_rows", "step", "merge_header", "rows_equal", "all_at_least",
+    "stage", "finish",
+]
+
+SUM, PROD, MIN, MAX, SUM_DIV = range(5)
+#: op name -> (code of every combination, code of the last one).
+CODES = {"sum": (SUM, SUM), "prod": (PROD, PROD), "min": (MIN, MIN),
+         "max": (MAX, MAX), "avg": (SUM, SUM_DIV)}
+
+_TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
+_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+_I64 = nb.int64[::1]
+
+
+def _sigs(ret, make):
+    return [ret(*make(t[::1])) for t in _TYPES]
+
+
+def _combine_args(v):
+    return v, v, v, nb.int64, nb.float64
+
+
+def _fold_args(v):
+    return v, v, nb.int64, nb.int64, nb.int64, nb.int64, v, nb.int64, nb.int64, nb.float64
+
+
+def _step_args(v):
+    return _I64, _I64, v, v, v, nb.int64, nb.float64
+
+
+def _stage_args(v):
+    return v, nb.int64, v, _I64, nb.int64, _I64
+
+
+def _finish_args(v):
+    return (*_fold_args(v)[:5], *_fold_args(v)[7:], _I64, nb.int64, nb.int64, nb.int64)
+
+
+def _pair(out, lo, hi, code, divisor):
+    """Out = lo op hi; compiled per dtype by the overload below."""
+
+
+def _pair_native(out, lo, hi, code, divisor):
+    if code == SUM:
+        for i in range(out.size):
+            out[i] = lo[i] + hi[i]
+    elif code == PROD:
+        for i in range(out.size):
+            out[i] = lo[i] * hi[i]
+    elif code == MIN:  # as numpy.minimum: NaN wins, lo first
+        for i in range(out.size):
+            a, b = lo[i], hi[i]
+            out[i] = a if (a < b or a != a) else b
+    elif code == MAX:
+        for i in range(out.size):
+            a, b = lo[i], hi[i]
+            out[i] = a if (a > b or a != a) else b
+    else:
+        for i in range(out.size):
+            out[i] = (lo[i] + hi[i]) / divisor
+
+
+def _pair_f16(out, lo, hi, code, divisor):
+    for i in range(out.size):
+        a, b = f16_to_f64(lo[i]), f16_to_f64(hi[i])
+        if code == SUM:
+            out[i] = f64_to_f16(a + b)
+        elif code == PROD:
+            out[i] = f64_to_f16(a * b)
+        elif code == MIN:
+            out[i] = lo[i] if (a < b or a != a) else hi[i]
+        elif code == MAX:
+            out[i] = lo[i] if (a > b or a != a) else hi[i]
+        else:
+            out[i] = f64_to_f16((a + b) / divisor)
+
+
+@overload(_pair, jit_options=dict(nogil=True))
+def _pair_overload(out, lo, hi, code, divisor):
+    return _pair_f16 if out.dtype == nb.uint16 else _pair_native
+
+
+@nb.njit(_sigs(nb.void, _combine_args), **_OPTIONS)
+def combine(out, lo, hi, code, divisor):
+    """Out = lo op hi (may alias either input); SUM_DIV divides the sum.
+
+    On float16 bits each result is rounded once to float16.
+    """
+    _pair(out, lo, hi, code, divisor)
+
+
+@nb.njit(_sigs(nb.void, _fold_args), **_OPTIONS)
+def fold_rows(out, win, start, stride, nrows, mine_row, mine, code, last, divisor):
+    """Out = row 0 op row 1 op ... (row q: ``win[start + q * stride:][:out.size]``).
+
+    Row ``mine_row`` (if >= 0) is read from ``mine`` instead.  Rows combine
+    in row order; the last combination uses code ``last``.  ``out`` must
+    not alias a row other than row 0 or 1.
+    """
+    n = out.size
+    lo = mine if mine_row == 0 else win[start:start + n]
+    if nrows == 1:
+        out[:] = lo
+        return
+    for q in range(1, nrows):
+        hi = mine if q == mine_row else win[start + q * stride:start + q * stride + n]
+        _pair(out, lo, hi, last if q == nrows - 1 else code, divisor)
+        lo = out
+
+
+@nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)
+def rows_equal(words, start, stride, nrows, nwords):
+    """Return whether rows ``words[start + q * stride:][:nwords]`` are all equal."""
+    for q in range(1, nrows):
+        for i in range(nwords):
+            if words[start + q * stride + i] != words[start + i]:
+                return False
+    return True
+
+
+@nb.njit(_sigs(nb.void, _stage_args), **_OPTIONS)
+def stage(win, at, data, words, header_at, header):
+    """Copy ``data`` to ``win[at:]`` and ``header`` to ``words[header_at:]``."""
+    for i in range(data.size):
+        win[at + i] = data[i]
+    for i in range(header.size):
+        words[header_at + i] = header[i]
+
+
+@nb.njit(_sigs(nb.boolean, _finish_args), **_OPTIONS)
+def finish(out, win, start, stride, nrows, code, last, divisor, words, header_at,
+           header_stride, header_words):
+    """If all rows' headers agree, fold the rows into ``out``; return the agreement."""
+    if not rows_equal(words, header_at, header_stride, nrows, header_words):
+        return False
+    if out.size:
+        fold_rows(out, win, start, stride, nrows, -1, out, code, last, divisor)
+    return True
+
+
+@nb.njit(nb.boolean(_I64, _I64), **_OPTIONS)
+def merge_header(mine, theirs):
+    """Mine = max(mine, theirs); return whether all merged fields agree."""
+    half = mine.size // 2
+    agree = True
+    for i in range(mine.size):
+        if theirs[i] > mine[i]:
+            mine[i] = theirs[i]
+    for i in range(half):
+        if mine[i] != -mine[half + i]:
+            agree = False
+    return agree
+
+
+@nb.njit(_sigs(nb.boolean, _step_args), **_OPTIONS)
+def step(mine, theirs, out, lo, hi, code, divisor):
+    """Merge the headers; if they agree, out = lo op hi.  Return the agreement."""
+    agree = merge_header(mine, theirs)
+    if agree:
+        _pair(out, lo, hi, code, divisor)
+    return agree
+
+
+@nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)
+def all_at_least(words, index, stride, nrows, value):
+    """Return whether ``words[index + q * stride] >= value`` for every row q.
+
+    A fresh read on every call: poll it from Python, never in a loop here.
+    """
+    for q in range(nrows):
+        if words[index + q * stride] < value:
+            return False
+    return True

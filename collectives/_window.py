@@ -1,0 +1,159 @@
+"""An MPI-3 shared-memory window per communicator, with progress counters.
+
+Every rank of the communicator owns one segment of a window from
+``MPI.Win.Allocate_shared``; all segments are mapped by every rank and
+must lie at a constant stride (MPICH and Open MPI allocate them
+contiguously), so the whole window is one NumPy array and rank ``q``'s
+byte ``i`` is at ``q * stride + i``.  A segment holds:
+
+- ``COUNTERS`` int64 progress counters, one per 64-byte cache line: a rank
+  only writes its own and reads its peers';
+- two 64-byte header slots and two small data slots (``SMALL_BYTES``
+  each), used alternately by consecutive small calls (ARRIVE counts them);
+- a large area for the pipelined blocks, grown on demand.
+
+Counters only grow, so no call ever has to reset them.  Writing data then
+a counter, and reading a counter then data, is ordered by ``Win.Sync``
+(a memory barrier) inside a ``Lock_all`` epoch held for the window's life:
+the MPI-3 "unified" model's rule for load/store synchronisation.
+
+The window is cached on the communicator (an MPI attribute) and freed with
+it; :func:`shared_window` replaces it with a larger one when asked for
+more room, which is collective, like the first allocation.
+"""
+
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives import _combine_kernels as K
+from collectives._lifetime import cached, release_keyval
+from collectives._spin import SPIN, yield_after
+from collectives._wait import Deadline
+
+__all__ = ["SharedWindow", "shared_window", "ARRIVE", "IN", "REDUCED", "OUT",
+           "SMALL_BYTES", "HEADER_BYTES"]
+
+ARRIVE, IN, REDUCED, OUT = range(4)
+COUNTERS = 8
+_LINE = 64
+HEADER_BYTES = 64
+#: Bytes of data a small call carries; larger calls use the large area.
+SMALL_BYTES = 16384
+_HEADERS = COUNTERS * _LINE
+_SMALL = _HEADERS + 2 * HEADER_BYTES
+_LARGE = _SMALL + 2 * SMALL_BYTES
+_PAGE = 4096
+
+
+class SharedWindow:
+    """One communicator's shared window: layout, views, counters, waiting."""
+
+    def __init__(self, comm, large_bytes):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.large_bytes = large_bytes
+        segment = -(-(_LARGE + large_bytes) // _PAGE) * _PAGE
+        self.win = MPI.Win.Allocate_shared(segment, 1, comm=comm)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+        self.stride = _stride(self.win, self.size, segment)
+        base = MPI.Get_address(self.win.Shared_query(0)[0])
+        whole = MPI.buffer.fromaddress(base, self.stride * self.size)
+        self.bytes = np.frombuffer(whole, dtype=np.uint8)
+        self.words = self.bytes.view(np.int64)
+        self.row(0, _HEADERS)[:] = 0  # my counters; memory comes uninitialised
+        self.win.Sync()
+        comm.Barrier()  # nobody reads a counter before its owner zeroed it
+        # Yield the core between polls at once when ranks outnumber cores
+        # (the awaited rank may need it); else spin, as MPI does.
+        self.yield_after = yield_after(self.size)
+        self.sequence = 0  # small calls and header checks made so far
+        self.blocks = 0  # large blocks passed so far
+        self.headers = {}  # (operation, count, dtype, op) -> (header, fields)
+        self.views = {}  # dtype -> the window as an array of it
+
+    # ---------------------------------------------------------- layout ---
+    def typed(self, dtype):
+        """The whole window as a 1-D array of ``dtype``."""
+        view = self.views.get(dtype)
+        if view is None:
+            view = self.views[dtype] = self.bytes.view(dtype)
+        return view
+
+    def header_offset(self, slot):
+        return _HEADERS + slot * HEADER_BYTES
+
+    def small_offset(self, slot):
+        return _SMALL + slot * SMALL_BYTES
+
+    def large_offset(self):
+        return _LARGE
+
+    def row(self, offset, nbytes, rank=None):
+        """Bytes ``offset .. offset + nbytes`` of ``rank``'s segment (default: mine)."""
+        start = (self.rank if rank is None else rank) * self.stride + offset
+        return self.bytes[start:start + nbytes]
+
+    # -------------------------------------------------------- counters ---
+    def publish(self, counter, value):
+        """Make my writes visible, then set my ``counter`` to ``value``."""
+        self.win.Sync()
+        self.words[(self.rank * self.stride + counter * _LINE) // 8] = value
+
+    def wait(self, counter, value, *, operation, timeout):
+        """Return once every rank's ``counter`` is >= ``value``."""
+        index, step = counter * _LINE // 8, self.stride // 8
+        words = self.words
+        if K.all_at_least(words, index, step, self.size, value):
+            self.win.Sync()
+            return
+        for i in range(SPIN):
+            if K.all_at_least(words, index, step, self.size, value):
+                self.win.Sync()
+                return
+            if i >= self.yield_after:
+                os.sched_yield()
+        deadline = Deadline(operation, timeout=timeout, comm=self.comm)
+        while not K.all_at_least(words, index, step, self.size, value):
+            deadline.pause([q for q in range(self.size)
+                            if words[index + q * step] < value])
+        self.win.Sync()
+
+    def release(self):
+        """Free the window (collective)."""
+        self.win.Unlock_all()
+        self.win.Free()
+
+
+def _stride(win, size, segment):
+    # The segments must lie at one constant stride for the single array.
+    bases = [MPI.Get_address(win.Shared_query(q)[0]) for q in range(size)]
+    stride = bases[1] - bases[0] if size > 1 else segment
+    if any(b != bases[0] + q * stride for q, b in enumerate(bases)) or stride < segment:
+        win.Unlock_all()
+        win.Free()
+        raise RuntimeError("the MPI library did not place the shared window's "
+                           f"segments at a constant stride (bases {bases}); "
+                           "use another algorithm")
+    return stride
+
+
+_KEY = release_keyval()
+
+
+def shared_window(comm, large_bytes=0):
+    """Return ``comm``'s shared window with at least ``large_bytes`` of large area.
+
+    Collective on first use and whenever the window must grow; every rank
+    must ask for the same size.
+    """
+    window = comm.Get_attr(_KEY)
+    if window is not None and window.large_bytes >= large_bytes:
+        return window
+    window = cached(comm, _KEY, lambda: SharedWindow(comm, large_bytes))
+    if window.large_bytes < large_bytes:
+        comm.Barrier()  # nobody still reads the old window
+        comm.Delete_attr(_KEY)  # frees it, on every rank
+        window = cached(comm, _KEY, lambda: SharedWindow(comm, large_bytes))
+    return window

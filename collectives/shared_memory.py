@@ -1,0 +1,220 @@
+"""Intra-node all-reduce through an MPI-3 shared-memory window.
+
+All ranks of the communicator must share memory (one node).  Two modes:
+
+- Small (up to ``SMALL_BYTES``): each rank writes its agreement header and
+  data into its own slot of the window and bumps its ARRIVE counter; once
+  all have arrived, every rank checks the headers and folds all ranks'
+  data, in rank order, straight into its own buffer (so all get the same
+  bits).  One synchronisation, no message.
+- Large: the buffer goes through in blocks of ``BLOCK_BYTES``, each cut
+  into one slice per rank, in a three-stage software pipeline over
+  ``SLOTS`` window slots: at step ``t`` a rank copies block ``t`` (all
+  but its own slice) into its slot (IN), reduces its slice of block
+  ``t - 1`` reading every rank's slot directly and writes the result to
+  its slot and its buffer (REDUCED), and copies the other slices of block
+  ``t - 2`` out of their owners' slots (OUT).  Each stage waits only for the counters it needs,
+  so ranks overlap copy-in, reduction and copy-out, and a block is reused
+  from cache while it is still there.  Every slice is reduced once, by
+  its owner, in rank order: the result is identical on every rank.
+
+The agreement check is the small mode's header exchange (with no data
+for large calls, :func:`window_agreement`): every rank reads every rank's
+header, so a mismatch raises on all of them.
+"""
+
+from collectives import _combine_kernels as K
+from collectives._agree import agreement_header, raise_disagreement
+from collectives._chunks import chunk_bounds
+from collectives._nodes import node_layout
+from collectives._ops import kernel_view
+from collectives._prepare import collective_fields, prepare_local
+from collectives._window import (
+    ARRIVE,
+    IN,
+    OUT,
+    REDUCED,
+    SMALL_BYTES,
+    shared_window,
+)
+from collectives.timeline import phase
+
+__all__ = ["shm_allreduce", "window_agreement", "fold_window", "SMALL_BYTES", "BLOCK_BYTES",
+           "SLOTS"]
+
+#: Bytes per pipelined block (tuned by measurement, see allreduce.py).
+BLOCK_BYTES = 512 * 1024
+#: Window slots per rank that blocks rotate through.
+SLOTS = 4
+
+
+def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
+    """All-reduce ``buf`` in place through a shared-memory window.
+
+    Arguments and result are those of :func:`collectives.ring_allreduce`.
+    ``comm``'s ranks must all be on one node (``ValueError`` otherwise);
+    the first call on a communicator, and a call that needs a larger
+    window, allocate the window (collective).  Up to ``SMALL_BYTES`` the
+    check is free and always done.
+    """
+    reduction = prepare_local("shm_allreduce", buf, comm, op=op, timeout=timeout)
+    layout = node_layout(comm, ranks_per_node=0)
+    if layout.nodes > 1:
+        raise ValueError(f"shm_allreduce needs all ranks on one node, but the "
+                         f"{comm.Get_size()} ranks span {layout.nodes} nodes; use "
+                         "algorithm 'hierarchical'")
+    return run(buf, comm, reduction, operation="shm_allreduce", check=check,
+               timeout=timeout)
+
+
+def run(buf, comm, reduction, *, operation, check, timeout):
+    """The shared-memory all-reduce after the checks (``allreduce`` calls this)."""
+    if comm.Get_size() == 1:
+        return buf
+    flat = buf if buf.ndim == 1 and buf.dtype.char != "e" else kernel_view(buf)
+    window = shared_window(comm)
+    if flat.nbytes <= SMALL_BYTES:
+        _exchange(window, buf, flat, reduction, operation, timeout)
+        return buf
+    if check:
+        _exchange(window, buf, None, reduction, operation, timeout)
+    block = min(BLOCK_BYTES // flat.itemsize, flat.size)
+    window = shared_window(comm, SLOTS * block * flat.itemsize)
+    with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):
+        _pipeline(window, flat, block, reduction, operation, timeout)
+    return buf
+
+
+def window_agreement(buf, comm, reduction, *, operation, timeout=None):
+    """Check that all ranks agree, with the window's header exchange alone."""
+    if comm.Get_size() > 1:
+        with phase(comm, "agreement check"):
+            _exchange(shared_window(comm), buf, None, reduction, operation, timeout)
+
+
+def _exchange(window, buf, flat, reduction, operation, timeout):
+    # Small mode: header (and data, unless flat is None) into my slot,
+    # wait for all, check headers, fold every rank's data into flat.  My
+    # slot was last read in call sequence - 2, and every rank finished
+    # that call before it arrived at sequence - 1, which I waited for.
+    header, fields = _header(window, operation, buf, reduction)
+    sequence = window.sequence = window.sequence + 1
+    slot = sequence & 1
+    words, stride = window.words, window.stride
+    header_at = window.header_offset(slot) // 8
+    if flat is None:
+        words[window.rank * stride // 8 + header_at:][:header.size] = header
+    else:
+        item = flat.itemsize
+        typed = window.typed(flat.dtype)
+        data_at = window.small_offset(slot) // item
+        K.stage(typed, window.rank * stride // item + data_at, flat, words,
+                window.rank * stride // 8 + header_at, header)
+    window.publish(ARRIVE, sequence)
+    window.wait(ARRIVE, sequence, operation=operation, timeout=timeout)
+    if flat is None:
+        agree = K.rows_equal(words, header_at, stride // 8, window.size, header.size)
+    else:
+        code, last = K.CODES[reduction.name]
+        agree = K.finish(flat, typed, data_at, stride // item, window.size, code, last,
+                       float(window.size), words, header_at, stride // 8, header.size)
+    if not agree:
+        raise_disagreement(window.comm, operation, fields)
+
+
+def _header(window, operation, buf, reduction):
+    key = (operation, buf.size, buf.dtype.num, reduction.name)
+    entry = window.headers.get(key)
+    if entry is None:
+        fields = collective_fields(operation, buf, reduction)
+        entry = window.headers[key] = (agreement_header(fields), fields)
+    return entry
+
+
+def fold_window(window, out, offset, reduction, *, mine_row=-1, mine=None, code=None):
+    """Out = rank 0's op rank 1's op ... at byte ``offset`` of every segment.
+
+    Rank ``mine_row``'s row comes from ``mine``; ``code`` (a
+    ``_combine_kernels`` code) replaces the op's own, e.g. SUM for the
+    partial sums of an "avg".
+    """
+    item = out.itemsize
+    code, last = K.CODES[reduction.name] if code is None else (code, code)
+    K.fold_rows(out, window.typed(out.dtype), offset // item, window.stride // item,
+         window.size, mine_row, out if mine is None else mine, code, last,
+         float(window.size))
+
+
+def _pipeline(window, flat, block, reduction, operation, timeout):
+    # Step t: copy in block t, reduce my slice of block t - 1, copy out
+    # the other slices of block t - 2.
+    nblocks = -(-flat.size // block)
+    first = window.blocks
+    stages = _Stages(window, flat, block, reduction, operation, timeout)
+    for t in range(nblocks + 2):
+        if t < nblocks:
+            stages.copy_in(first + t, t)
+        if 1 <= t <= nblocks:
+            stages.reduce(first + t - 1, t - 1)
+        if t >= 2:
+            stages.copy_out(first + t - 2, t - 2)
+    window.blocks = first + nblocks
+
+
+class _Stages:
+    """The three pipeline stages for block ``b`` (global block number ``g``)."""
+
+    def __init__(self, window, flat, block, reduction, operation, timeout):
+        self.window, self.flat, self.block = window, flat, block
+        self.reduction, self.wait = reduction, dict(operation=operation, timeout=timeout)
+        self.typed = window.typed(flat.dtype)
+        self.item = flat.itemsize
+        self.rank, self.size = window.rank, window.size
+        self.stride = window.stride // self.item
+        self.base = window.large_offset() // self.item
+
+    def _span(self, b):
+        start = b * self.block
+        length = min(self.block, self.flat.size - start)
+        return start, length, chunk_bounds(length, self.size)
+
+    def _slot(self, g, rank):
+        return rank * self.stride + self.base + (g % SLOTS) * self.block
+
+    def copy_in(self, g, b):
+        # Every slice but mine into my slot, once every rank has finished
+        # with the block that used the slot before.
+        if g >= SLOTS:
+            self.window.wait(OUT, g - SLOTS + 1, **self.wait)
+        start, length, (starts, sizes) = self._span(b)
+        lo, hi = starts[self.rank], starts[self.rank] + sizes[self.rank]
+        mine = self._slot(g, self.rank)
+        self.typed[mine:mine + lo] = self.flat[start:start + lo]
+        self.typed[mine + hi:mine + length] = self.flat[start + hi:start + length]
+        self.window.publish(IN, g + 1)
+
+    def reduce(self, g, b):
+        # My slice, from every rank's slot and my buffer, into my slot,
+        # then into my buffer.
+        self.window.wait(IN, g + 1, **self.wait)
+        start, _, (starts, sizes) = self._span(b)
+        lo, n = starts[self.rank], sizes[self.rank]
+        if n:
+            mine = self._slot(g, self.rank) + lo
+            out = self.typed[mine:mine + n]
+            user = self.flat[start + lo:start + lo + n]
+            fold_window(self.window, out, (self._slot(g, 0) + lo) * self.item,
+                  self.reduction, mine_row=self.rank, mine=user)
+            user[:] = out
+        self.window.publish(REDUCED, g + 1)
+
+    def copy_out(self, g, b):
+        # The other ranks' reduced slices, from their slots.
+        self.window.wait(REDUCED, g + 1, **self.wait)
+        start, _, (starts, sizes) = self._span(b)
+        for q in range(self.size):
+            lo, n = starts[q], sizes[q]
+            if q != self.rank and n:
+                theirs = self._slot(g, q) + lo
+                self.flat[start + lo:start + lo + n] = self.typed[theirs:theirs + n]
+        self.window.publish(OUT, g + 1)

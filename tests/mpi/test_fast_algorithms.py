@@ -1,0 +1,169 @@
+"""Algorithm-specific cases of the fast all-reduces.
+
+Segment and block boundaries of the pipelined ring and the shared-memory
+pipeline, window growth and slot reuse, the fold-in of recursive doubling,
+hierarchical "nodes" forced on one machine, mismatches that make ranks
+pick different paths, and timeouts.  (Every op x dtype x count of each
+algorithm is in test_allreduce.py.)
+"""
+
+import numpy as np
+import pytest
+from conftest import rank_data
+from mpi4py import MPI
+from test_allreduce import assert_identical_on_all_ranks, assert_reduced, gather_inputs
+
+import collectives as C
+from collectives import hierarchical, recursive_doubling, shared_memory
+from collectives._nodes import node_layout, ranks_per_node_from_env
+from collectives._window import SMALL_BYTES, shared_window
+
+
+def _check(x, comm, op, run):
+    table = gather_inputs(x, comm)
+    run(x)
+    assert_reduced(x, table, op)
+    assert_identical_on_all_ranks(x, comm)
+
+
+@pytest.mark.parametrize("dtype", ("float32", "float16", "int64"))
+def test_pipelined_ring_segment_boundaries(comm, dtype):
+    size, item = comm.Get_size(), np.dtype(dtype).itemsize
+    segment = 16 * item  # 16 elements per segment
+    for count in sorted({0, 1, 15, 16, 17, size * 16, size * 16 + 1, size * 48 - 1, 1009}):
+        x = rank_data(comm, count, dtype)
+        ours, ring = x.copy(), x.copy()
+        _check(ours, comm, "sum", lambda b: C.pipelined_ring_allreduce(
+            b, comm, segment_bytes=segment))
+        C.ring_allreduce(ring, comm)
+        assert ours.tobytes() == ring.tobytes()  # same order of reduction as the ring
+
+
+def test_pipelined_ring_avg_and_bad_segment(comm):
+    x = rank_data(comm, 5003, "float64")
+    _check(x, comm, "avg", lambda b: C.pipelined_ring_allreduce(
+        b, comm, op="avg", segment_bytes=1000))
+    with pytest.raises(ValueError, match="segment_bytes must be a positive int, got 0"):
+        C.pipelined_ring_allreduce(x, comm, segment_bytes=0)
+
+
+@pytest.mark.parametrize("op", ("sum", "avg", "max"))
+def test_shm_block_boundaries_and_slot_reuse(comm, op, monkeypatch):
+    monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)  # many blocks, slots reused
+    size = comm.Get_size()
+    for count in (SMALL_BYTES // 4 + 1, 1024 * size * 5 + 3, 40_009):
+        x = rank_data(comm, count, "float32")
+        _check(x, comm, op, lambda b: C.shm_allreduce(b, comm, op=op))
+
+
+def test_shm_window_grows(comm):
+    sizes = [10, 5000, 20_000, 70_000]  # small slot, then larger pipelines
+    for count in sizes:
+        x = rank_data(comm, count, "float64")
+        _check(x, comm, "sum", lambda b: C.shm_allreduce(b, comm))
+    if comm.Get_size() > 1:
+        block = shared_memory.BLOCK_BYTES
+        assert shared_window(comm).large_bytes >= shared_memory.SLOTS * block
+
+
+def test_shm_many_calls_back_to_back(comm):
+    # Consecutive small and large calls reuse slots: a rank that ran ahead
+    # must never overwrite data a slower rank still reads.
+    rank, size = comm.Get_rank(), comm.Get_size()
+    for i in range(200):
+        count = 3 if i % 3 else SMALL_BYTES // 8 + 7 * i
+        x = np.full(count, rank + i, dtype=np.float64)
+        C.shm_allreduce(x, comm)
+        assert np.all(x == sum(range(size)) + size * i), i
+
+
+def test_rd_fold_in_and_both_paths(comm):
+    for count in (1, 7, recursive_doubling.FUSED_MAX_BYTES // 4,
+                  recursive_doubling.FUSED_MAX_BYTES // 4 + 1, 33_333):
+        for op in ("sum", "prod", "min", "avg"):
+            x = rank_data(comm, count, "float32", positive=op == "prod")
+            _check(x, comm, op, lambda b: C.rd_allreduce(b, comm, op=op))
+
+
+@pytest.mark.parametrize("per_node", (1, 2, 3))
+def test_hierarchical_forced_nodes(comm, per_node, monkeypatch):
+    monkeypatch.setattr(hierarchical, "PIECE_BYTES", 8192)  # several pieces
+    for count, dtype, op in ((0, "float32", "sum"), (5, "float16", "max"),
+                             (3001, "float32", "avg"), (20_011, "int32", "sum"),
+                             (9_999, "float64", "prod")):
+        x = rank_data(comm, count, dtype, positive=op == "prod")
+        _check(x, comm, op, lambda b: C.hierarchical_allreduce(
+            b, comm, op=op, ranks_per_node=per_node))
+
+
+def test_forced_layout_from_environment(world):
+    # tests/test_forced_nodes.py runs this module with
+    # MPI_COLLECTIVES_RANKS_PER_NODE set (4 ranks as 2x2, 6 as 3x2).
+    size, per_node = world.Get_size(), ranks_per_node_from_env()
+    layout = node_layout(world)
+    assert layout.nodes == (-(-size // per_node) if per_node else 1)
+    assert layout.node_size == (min(per_node, size - world.Get_rank() // per_node * per_node)
+                                if per_node else size)
+    big = rank_data(world, 300_001, "float32")
+    assert C.choose_algorithm(big.nbytes, size, nodes=layout.nodes) == (
+        "hierarchical" if layout.nodes > 1 else "shm")
+    for x in (big, rank_data(world, 11, "float64")):
+        _check(x, world, "sum", lambda b: C.allreduce(b, world))
+
+
+def test_hierarchical_matches_mpi(comm):
+    x = rank_data(comm, 100_003, "float64")
+    ours, theirs = x.copy(), x.copy()
+    C.hierarchical_allreduce(ours, comm, op="max", ranks_per_node=2)
+    comm.Allreduce(MPI.IN_PLACE, theirs, op=MPI.MAX)
+    assert ours.tobytes() == theirs.tobytes()
+
+
+@pytest.mark.parametrize("name", ["shm", "rd", "auto", "hierarchical"])
+def test_mismatch_across_paths(world, name):
+    # Rank 1 is above the small-message size, the others below: they take
+    # different paths, yet all raise the mismatch.
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    comm = world.Dup()
+    big = 4 * max(SMALL_BYTES, recursive_doubling.FUSED_MAX_BYTES)
+    x = np.zeros(big if comm.Get_rank() == 1 else 10, dtype=np.float32)
+    with pytest.raises(C.CollectiveMismatchError, match=f"count: rank 0 has 10, rank 1 has {big}"):
+        C.allreduce(x, comm, algorithm=name)
+    y = np.ones(9)
+    C.allreduce(y, comm, algorithm=name)  # still usable afterwards
+    assert np.all(y == comm.Get_size())
+    comm.Free()
+
+
+@pytest.mark.parametrize("name", ["shm", "rd", "auto"])
+def test_absent_rank_times_out(world, name):
+    size = world.Get_size()
+    if size == 1:
+        pytest.skip("needs two ranks")
+    comm = world.Dup()
+    C.allreduce(np.ones(3), comm, algorithm=name)  # set up windows and plans first
+    absent = size - 1
+    if comm.Get_rank() != absent:
+        with pytest.raises(C.CollectiveTimeoutError) as info:
+            C.allreduce(np.ones(100), comm, algorithm=name, timeout=0.5)
+        assert info.value.waited >= 0.5
+        assert all(0 <= p < size for p in info.value.peers)
+    world.Barrier()  # the Dup is left behind: its state is stale
+
+
+def test_shm_rejects_several_nodes_and_bad_layouts(world):
+    with pytest.raises(ValueError, match="ranks_per_node must be a positive int"):
+        C.hierarchical_allreduce(np.ones(3), world, ranks_per_node=-1)
+    if world.Get_size() < 2:
+        return
+    comm = world.Dup()
+    C.hierarchical_allreduce(np.ones(3), comm, ranks_per_node=1)
+    assert np.all(np.ones(3) * comm.Get_size() == _summed(comm))
+    comm.Free()
+
+
+def _summed(comm):
+    x = np.ones(3)
+    C.allreduce(x, comm, algorithm="hierarchical")
+    return x
