@@ -1,0 +1,349 @@
+r"""Train a small MLP on scikit-learn's digits with data-parallel SGD.
+
+Run::
+
+    NUMBA_NUM_THREADS=1 mpiexec -n 4 python -m mpi4py -m optim.train \\
+        --optimizer partial --group-size 2 --epochs 10
+
+The digits (1797 8x8 images, bundled with scikit-learn: no download) are
+split once into 80% train and 20% test (stratified, the same split for
+every run).  Every
+epoch each rank trains on its :func:`optim.shard` of the training set, in
+local batches of ``--batch-size / ranks``.
+
+Optimizers (``--optimizer``):
+
+- ``sync``: :class:`optim.SyncSGD`, gradients averaged every step.
+- ``ps``: :class:`optim.ParameterServerSGD`, gradients reduced to rank 0.
+- ``partial``: :class:`optim.PartialSyncSGD` with ``--group-size``: each rank
+  steps on its own gradient and averages its parameters with whichever
+  ranks are ready.  Ranks go at their own pace; the job ends when rank 0
+  has done ``--epochs`` epochs (it then tells the others to stop after
+  their current step).
+- ``local``: local SGD, :class:`optim.PartialSyncSGD` with the group of all
+  ranks, averaging every ``--period`` steps (default 4).
+
+``--slow-rank R --slow-factor F`` makes rank R sleep ``F - 1`` times its
+forward/backward time after each one, so it computes F times slower.
+
+Rank 0 prints one line per epoch: its training loss (mean over its
+batches), the test accuracy of its model, samples/s (its own rate times
+the rank count; exact for the lock-step optimizers) and the elapsed
+seconds since the synchronised start.  At the end all ranks average their
+parameters once (a no-op for sync and ps), and the summary reports that
+model's test accuracy and the time to ``--target`` accuracy.  ``--json
+FILE`` writes all of it (rank 0).  Bad options print one line and exit 2.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+import collectives
+from optim._checks import check_number
+from optim.mlp import MLP
+from optim.partial import PartialSyncSGD
+from optim.ps import ParameterServerSGD
+from optim.sgd import SyncSGD, broadcast_parameters
+from optim.shard import shard
+
+__all__ = ["main", "parse_args"]
+
+OPTIMIZERS = ("sync", "partial", "ps", "local")
+_STOP_TAG = 77
+
+
+class UsageError(Exception):
+    """A bad command-line option; the message is the one line to print."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def parse_args(argv, size):
+    """Parse and check the options for a job of ``size`` ranks.
+
+    Raises :class:`UsageError` with a one-line message for bad input.
+    """
+    p = _Parser(prog="optim.train", description="Train an MLP on digits with MPI.")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sync")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--group-size", type=int, default=2, help="partial: ranks per group")
+    p.add_argument("--period", type=int, default=None,
+                   help="steps between averagings (partial: 1, local: 4)")
+    p.add_argument("--hidden", default="128", help="hidden widths, e.g. 128 or 256,128")
+    p.add_argument("--algorithm", choices=collectives.ALGORITHMS, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-rank", type=int, default=None)
+    p.add_argument("--slow-factor", type=float, default=1.0)
+    p.add_argument("--target", type=float, default=0.95, help="accuracy for time-to")
+    p.add_argument("--json", default=None, metavar="FILE")
+    args = p.parse_args(argv)
+    _check_args(args, size)
+    return args
+
+
+def _check_args(args, size):
+    # Everything a rank can check alone, with the numbers in the message.
+    for name in ("epochs", "batch_size", "group_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, "
+                             f"got {getattr(args, name)}")
+    _check_hyperparameters(args)
+    if args.batch_size % size:
+        raise UsageError(f"--batch-size {args.batch_size} is not a multiple of the "
+                         f"{size} ranks; each rank takes batch-size / ranks samples")
+    if args.optimizer == "partial" and args.group_size > size:
+        raise UsageError(f"--group-size {args.group_size} is larger than the {size} ranks")
+    if args.period is None:
+        args.period = 4 if args.optimizer == "local" else 1
+    if args.period < 1:
+        raise UsageError(f"--period must be >= 1, got {args.period}")
+    if args.slow_rank is not None and not 0 <= args.slow_rank < size:
+        raise UsageError(f"--slow-rank {args.slow_rank} is not a rank of this "
+                         f"{size}-rank job (0..{size - 1})")
+    if not args.slow_factor >= 1.0:
+        raise UsageError(f"--slow-factor must be >= 1, got {args.slow_factor}")
+    if not 0.0 < args.target <= 1.0:
+        raise UsageError(f"--target must be in (0, 1], got {args.target}")
+    try:
+        args.hidden = [int(w) for w in args.hidden.split(",")]
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated ints, got {args.hidden!r}") from None
+    if min(args.hidden) < 1:
+        raise UsageError(f"--hidden widths must be >= 1, got {args.hidden}")
+
+
+def _check_hyperparameters(args):
+    # The optimizers' own checks, reported as option errors.
+    try:
+        check_number("--lr", args.lr, low=0.0, low_open=True)
+        check_number("--momentum", args.momentum, low=0.0, high=1.0, high_open=True)
+        check_number("--weight-decay", args.weight_decay, low=0.0)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def load_digits():
+    """Return (x_train, y_train, x_test, y_test): float32 pixels in [0, 1].
+
+    The data are scikit-learn's bundled digits; the test set is a fixed,
+    stratified 20% (the first ``round(0.2 * n_c)`` of each class ``c`` in a
+    permutation seeded with 0), the same for every run and optimizer.
+    """
+    data = _read_digits()
+    x, y = (data[:, :-1] / 16.0).astype(np.float32), data[:, -1].astype(np.int64)
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        test[members[:round(0.2 * len(members))]] = True
+    return x[~test], y[~test], x[test], y[test]
+
+
+def _read_digits():
+    # The CSV file inside scikit-learn, read without importing scikit-learn
+    # (its import costs each rank a second); its loader if the file moved.
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise RuntimeError("the training job needs scikit-learn's digits data: "
+                           "pip install scikit-learn (the 'train' extra)")
+    path = Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    if path.exists():
+        return np.loadtxt(path, delimiter=",")
+    from sklearn.datasets import load_digits as _load
+    x, y = _load(return_X_y=True)
+    return np.column_stack([x, y])
+
+
+def build_optimizer(args, model, comm):
+    """Return the optimizer ``--optimizer`` names, on ``model``'s parameters."""
+    hyper = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
+    if args.optimizer == "sync":
+        return SyncSGD(model.flat, comm, algorithm=args.algorithm, **hyper)
+    if args.optimizer == "ps":
+        return ParameterServerSGD(model.flat, comm, **hyper)
+    group = args.group_size if args.optimizer == "partial" else comm.Get_size()
+    return PartialSyncSGD(model.flat, comm, group_size=group, period=args.period, **hyper)
+
+
+class _Job:
+    """One rank's training run: data, model, optimizer, clock and log."""
+
+    def __init__(self, args, comm):
+        self.args, self.comm = args, comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.x, self.y, self.x_test, self.y_test = load_digits()
+        self.model = MLP([self.x.shape[1], *args.hidden, 10], seed=args.seed)
+        broadcast_parameters(self.model.flat, comm)
+        self.opt = build_optimizer(args, self.model, comm)
+        self.local_batch = args.batch_size // self.size
+        self.slow = args.slow_factor - 1.0 if args.slow_rank == self.rank else 0.0
+        self.stop = _StopFlag(comm) if args.optimizer == "partial" else None
+        self.samples = self.steps = 0
+        self.log = []
+
+    def run(self):
+        """Train; return the summary dict (meaningful on rank 0)."""
+        self.start = _synchronised_start(self.comm)
+        for epoch in range(self.args.epochs):
+            t0, samples0 = time.perf_counter(), self.samples
+            loss = self._epoch(epoch)
+            if loss is None:
+                break
+            if self.rank == 0:
+                self._report(epoch, loss, time.perf_counter() - t0, self.samples - samples0)
+        if self.stop is not None and self.rank == 0:
+            self.stop.send()
+        _close(self.opt)
+        return self._summary()
+
+    def _epoch(self, epoch):
+        # One pass over this rank's shard; None if told to stop.
+        indices = shard(len(self.y), self.rank, self.size, epoch=epoch, seed=self.args.seed)
+        losses = []
+        for k in range(0, len(indices), self.local_batch):
+            if self.stop is not None and self.rank != 0 and self.stop.received():
+                return None
+            batch = indices[k:k + self.local_batch]
+            losses.append(self._step(batch))
+        return float(np.mean(losses))
+
+    def _step(self, batch):
+        # Forward/backward (slowed on the slow rank), then the optimizer.
+        t0 = time.perf_counter()
+        loss = self.model.loss_and_grad(self.x[batch], self.y[batch])
+        if self.slow:
+            time.sleep(self.slow * (time.perf_counter() - t0))
+        self.opt.step()
+        self.samples += len(batch)
+        self.steps += 1
+        return loss
+
+    def _report(self, epoch, loss, seconds, samples):
+        accuracy = self.model.accuracy(self.x_test, self.y_test)
+        elapsed = time.perf_counter() - self.start
+        rate = samples * self.size / seconds
+        self.log.append({"epoch": epoch + 1, "loss": loss, "test_accuracy": accuracy,
+                         "samples_per_s": rate, "elapsed_s": elapsed})
+        print(f"epoch {epoch + 1:3d}/{self.args.epochs}  loss {loss:.4f}  "
+              f"test acc {100 * accuracy:6.2f}%  samples/s {rate:9,.0f}  "
+              f"elapsed {elapsed:7.2f} s", flush=True)
+
+    def _summary(self):
+        # Average the models once, count everyone's work, time to target.
+        seconds = time.perf_counter() - self.start
+        rank0_accuracy = self.model.accuracy(self.x_test, self.y_test)
+        collectives.allreduce(self.model.flat.data, self.comm, op="avg")
+        counts = np.array([self.samples, self.steps], dtype=np.int64)
+        collectives.allreduce(counts, self.comm, op="sum")
+        if self.stop is not None:
+            self.stop.finish()
+        reached = [e for e in self.log if e["test_accuracy"] >= self.args.target]
+        return {"optimizer": self.args.optimizer, "ranks": self.size,
+                "options": {k: v for k, v in vars(self.args).items() if k != "json"},
+                "epochs": self.log, "seconds": seconds,
+                "samples": int(counts[0]), "steps": int(counts[1]),
+                "rank0_accuracy": rank0_accuracy,
+                "final_accuracy": self.model.accuracy(self.x_test, self.y_test),
+                "time_to_target_s": reached[0]["elapsed_s"] if reached else None}
+
+
+class _StopFlag:
+    """Rank 0 tells the others to stop (partial mode), on a private duplicate.
+
+    Rank 0 sends an empty message to every other rank when it is done;
+    they test for it before each step.  :meth:`finish` (after a collective
+    that rank 0 enters only after sending) completes the messages.
+    """
+
+    def __init__(self, comm):
+        self.comm = comm.Dup()
+        self.requests = []
+        self.seen = False
+
+    def send(self):
+        empty = [np.zeros(0, np.uint8), MPI.BYTE]
+        self.requests = [self.comm.Isend(empty, r, _STOP_TAG)
+                         for r in range(1, self.comm.Get_size())]
+
+    def received(self):
+        self.seen = self.seen or self.comm.Iprobe(source=0, tag=_STOP_TAG)
+        return self.seen
+
+    def finish(self):
+        if self.comm.Get_rank() == 0:
+            MPI.Request.Waitall(self.requests)
+        else:
+            self.comm.Recv([np.zeros(0, np.uint8), MPI.BYTE], source=0, tag=_STOP_TAG)
+        self.comm.Free()
+
+
+def _synchronised_start(comm):
+    # A polite barrier (an all-reduce waits without spinning), then the clock.
+    collectives.allreduce(np.zeros(1, np.float64), comm, op="sum")
+    return time.perf_counter()
+
+
+def _close(opt):
+    close = getattr(opt, "close", None)
+    if close is not None:
+        close()
+
+
+def _print_summary(s, target):
+    to = (f"{100 * target:.0f}% after {s['time_to_target_s']:.2f} s"
+          if s["time_to_target_s"] is not None else f"{100 * target:.0f}% not reached")
+    print(f"summary: {s['optimizer']}, {s['ranks']} ranks, {len(s['epochs'])} epochs on "
+          f"rank 0, {s['steps']} steps and {s['samples']:,} samples on all ranks, "
+          f"{s['seconds']:.2f} s ({s['samples'] / s['seconds']:,.0f} samples/s); "
+          f"test accuracy {100 * s['final_accuracy']:.2f}% (averaged model), "
+          f"{100 * s['rank0_accuracy']:.2f}% (rank 0's); {to}", flush=True)
+
+
+def main(argv=None, comm=MPI.COMM_WORLD):
+    """Run the job; return the exit status."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv, comm.Get_size())
+    except UsageError as error:
+        if comm.Get_rank() == 0:
+            print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    _limit_blas_threads()
+    summary = _Job(args, comm).run()
+    if comm.Get_rank() == 0:
+        _print_summary(summary, args.target)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(summary, f, indent=1)
+    return 0
+
+
+def _limit_blas_threads():
+    # One BLAS thread per rank: ranks already share the cores.
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
+if __name__ == "__main__":
+    _status = main()
+    if _status:
+        # Every rank found the same bad option: leave cleanly, so that
+        # `python -m mpi4py` does not abort the job with its own message.
+        MPI.Finalize()
+    sys.exit(_status)
