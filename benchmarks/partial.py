@@ -134,8 +134,9 @@ def main(argv=None, comm=None):
                delay=args.delay / 1e3, group_size=args.group_size)
     if comm.Get_rank() == 0:
         print(_table(rows, args.bytes, args.iterations, slow, args.delay / 1e3), flush=True)
-    return rows
+    # The exit status, as benchmarks.collectives expects: 1 if any result was wrong.
+    return 0 if all(r["valid_allreduce"] and r["valid_partial"] for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
