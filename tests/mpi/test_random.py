@@ -13,7 +13,7 @@ from test_allreduce import DTYPES, OPS, assert_reduced, gather_inputs, supported
 
 import collectives as C
 
-CASES = 120
+CASES = 80
 
 
 def _draw(case):
