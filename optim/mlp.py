@@ -51,10 +51,13 @@ class MLP:
         """Return the logits for inputs ``x`` of shape (batch, sizes[0])."""
         return self._forward(self._input(x))[-1]
 
-    def loss_and_grad(self, x, y):
+    def loss_and_grad(self, x, y, *, grad_ready=None):
         """Return the mean cross-entropy on (x, y); write its gradient.
 
         The gradient replaces (does not add to) ``self.flat.grad``.
+        ``grad_ready(tensor)``, if given, is called with the index into
+        ``self.flat.grads`` of each gradient as soon as it is written, last
+        layer first (e.g. :meth:`optim.SyncSGD.grad_ready`).
         """
         x = self._input(x)
         y = np.asarray(y)
@@ -63,7 +66,7 @@ class MLP:
                              "to match x")
         activations = self._forward(x)
         loss, delta = _softmax_cross_entropy(activations[-1], y)
-        self._backward(activations, delta)
+        self._backward(activations, delta, grad_ready)
         return loss
 
     def predict(self, x):
@@ -91,11 +94,14 @@ class MLP:
             activations.append(z if i == last else np.maximum(z, 0, out=z))
         return activations
 
-    def _backward(self, activations, delta):
+    def _backward(self, activations, delta, grad_ready=None):
         # delta is dLoss/dz of the current layer; walk the layers backwards.
         for i in range(len(self.weights) - 1, -1, -1):
             np.matmul(activations[i].T, delta, out=self.weight_grads[i])
             np.sum(delta, axis=0, out=self.bias_grads[i])
+            if grad_ready is not None:
+                grad_ready(2 * i + 1)
+                grad_ready(2 * i)
             if i:
                 delta = delta @ self.weights[i].T
                 delta *= activations[i] > 0

@@ -7,13 +7,30 @@ update is deterministic, so parameters that start equal (see
 :func:`broadcast_parameters`) stay bitwise equal on every rank, and the
 run equals single-process SGD on the whole global batch up to the
 rounding of the reduction order.
+
+With ``compression`` (a codec of :mod:`collectives.compression`) each
+bucket is averaged by its own codec instead (one instance per bucket, so
+top-k's error-feedback residual belongs to one bucket), and
+:attr:`SyncSGD.bytes_sent` counts what this rank put on the wire.
+
+With ``overlap=True`` the backward pass calls :meth:`SyncSGD.grad_ready`
+for each gradient tensor it has written; as soon as all tensors of a
+bucket are written, that bucket's ``collectives.iallreduce`` starts (on
+the communicator's progress thread), so the reduction of late layers runs
+while early layers' gradients are computed, and :meth:`SyncSGD.step`
+waits for the handles.  Same algorithm, same buckets: the result is
+bitwise equal to the blocking run.
 """
 
+import bisect
+import copy
 from collections.abc import Sequence
 
 import numpy as np
 
 import collectives
+from collectives.compression import CODECS, NoCompression, ring_bytes
+from collectives.nonblocking import close_progress
 from optim._base import DistributedSGD
 from optim._checks import check_comm, check_timeout
 from optim.flat import FlatParameters
@@ -43,6 +60,21 @@ class SyncSGD(DistributedSGD):
     timeout : float, optional
         Seconds a rank waits for the others in one all-reduce before
         ``collectives.CollectiveTimeoutError``; ``None`` for the default.
+    compression : str or codec, optional
+        ``None`` (the plain all-reduce, the default), a name of
+        ``collectives.compression.CODECS`` ("none", "fp16", "topk") or a
+        codec instance (copied once per bucket).
+    overlap : bool, default False
+        Start each bucket's reduction from :meth:`grad_ready` (see the
+        module docstring); needs ``compression=None``.
+
+    Attributes
+    ----------
+    bytes_sent : int
+        Bytes this rank sent for gradients over all steps (ring estimate
+        for the uncompressed all-reduce).
+    last_bytes_sent : int
+        The same for the last step.
 
     Raises
     ------
@@ -60,7 +92,8 @@ class SyncSGD(DistributedSGD):
     """
 
     def __init__(self, params, comm, *, lr, momentum=0.0, weight_decay=0.0,
-                 nesterov=False, algorithm="auto", timeout=None):
+                 nesterov=False, algorithm="auto", timeout=None, compression=None,
+                 overlap=False):
         super().__init__(params, comm, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, nesterov=nesterov, timeout=timeout)
         if algorithm not in collectives.ALGORITHMS:
@@ -68,6 +101,32 @@ class SyncSGD(DistributedSGD):
                              + ", ".join(repr(a) for a in collectives.ALGORITHMS))
         self.algorithm = algorithm
         self._checked = False
+        self.codecs = _bucket_codecs(compression, len(params.buckets), algorithm)
+        self.bytes_sent = self.last_bytes_sent = 0
+        self.overlap = _check_overlap(overlap, compression)
+        starts = [b.start for b in params.buckets]
+        self._bucket_of = [bisect.bisect_right(starts, o) - 1 for o in params.offsets[:-1]]
+        self._reset_overlap()
+
+    def grad_ready(self, tensor):
+        """Note that gradient ``tensor`` (an index into ``params.grads``) is written.
+
+        With ``overlap``, a bucket whose tensors are all written starts its
+        non-blocking all-reduce now; without, this does nothing.  Every rank
+        must report the tensors in the same order, and must not write a
+        reported gradient again before :meth:`step`.
+        """
+        if not self.overlap:
+            return
+        bucket = self._bucket_of[tensor]
+        self._waiting[bucket].discard(tensor)
+        if not self._waiting[bucket] and bucket not in self._handles:
+            self._start(bucket)
+
+    def close(self):
+        """Stop the progress thread that ``overlap`` started (collective)."""
+        if self.overlap:
+            close_progress(self.comm)
 
     def step(self):
         """Average ``params.grad`` over the ranks, then update ``params``."""
@@ -75,13 +134,76 @@ class SyncSGD(DistributedSGD):
         self.rule.apply()
         self.steps += 1
 
+    def _reset_overlap(self):
+        # Per bucket, the tensors not yet reported ready; no reduction running.
+        self._waiting = [set() for _ in self.params.buckets]
+        for tensor, bucket in enumerate(self._bucket_of):
+            self._waiting[bucket].add(tensor)
+        self._handles = {}
+
+    def _start(self, k):
+        # Launch bucket k's all-reduce on the progress thread.
+        self._handles[k] = collectives.iallreduce(
+            self.params.grad[self.params.buckets[k]], self.comm, op="avg",
+            algorithm=self.algorithm, check=not self._checked, timeout=self.timeout)
+
+    def _finish_overlapped(self):
+        # Start what backward did not report (last bucket first), wait for all.
+        for k in reversed(range(len(self.params.buckets))):
+            if k not in self._handles:
+                self._start(k)
+        for handle in self._handles.values():
+            handle.wait()
+        self._reset_overlap()
+
     def _average_gradients(self):
+        if self.overlap:
+            self._finish_overlapped()
+            self._checked = True
+            self._count_bytes(sum(ring_bytes(b.nbytes, self.comm.Get_size())
+                                  for b in self.params.grad_buckets()))
+            return
         # The first call checks that all ranks agree on the buckets; the
         # sizes never change afterwards, so later calls skip the check.
-        for bucket in self.params.grad_buckets():
-            collectives.allreduce(bucket, self.comm, op="avg", algorithm=self.algorithm,
-                                  check=not self._checked, timeout=self.timeout)
+        sent = 0
+        for k, bucket in enumerate(self.params.grad_buckets()):
+            if self.codecs is None:
+                collectives.allreduce(bucket, self.comm, op="avg", algorithm=self.algorithm,
+                                      check=not self._checked, timeout=self.timeout)
+                sent += ring_bytes(bucket.nbytes, self.comm.Get_size())
+            else:
+                sent += self.codecs[k].allreduce(bucket, self.comm)
         self._checked = True
+        self._count_bytes(sent)
+
+    def _count_bytes(self, sent):
+        self.last_bytes_sent = sent
+        self.bytes_sent += sent
+
+
+def _check_overlap(overlap, compression):
+    if not isinstance(overlap, bool):
+        raise TypeError(f"overlap must be a bool, got {type(overlap).__name__}")
+    if overlap and compression is not None:
+        raise ValueError(f"overlap needs compression=None, got {compression!r}")
+    return overlap
+
+
+def _bucket_codecs(compression, nbuckets, algorithm):
+    # None, or one codec per bucket (from a CODECS name or copies of one).
+    if compression is None:
+        return None
+    if isinstance(compression, str):
+        if compression not in CODECS:
+            raise ValueError(f"unknown compression {compression!r}; use None or one of "
+                             + ", ".join(repr(c) for c in CODECS))
+        make = (lambda: NoCompression(algorithm=algorithm)) if compression == "none" \
+            else CODECS[compression]
+        return [make() for _ in range(nbuckets)]
+    if not callable(getattr(compression, "allreduce", None)):
+        raise TypeError("compression must be None, a codec name or a codec with an "
+                        f"allreduce(grad, comm) method, got {type(compression).__name__}")
+    return [copy.deepcopy(compression) for _ in range(nbuckets)]
 
 
 def broadcast_parameters(params, comm, *, root=0, timeout=None):

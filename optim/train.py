@@ -23,6 +23,18 @@ Optimizers (``--optimizer``):
 - ``local``: local SGD, :class:`optim.PartialSyncSGD` with the group of all
   ranks, averaging every ``--period`` steps (default 4).
 
+``--compression none|fp16|topk`` (sync only; ``--topk-density``, default
+0.01) averages the gradients with that codec of
+:mod:`collectives.compression`; the summary then reports the bytes this
+rank sent per step (``bytes_per_step`` in the JSON).
+
+``--overlap`` (sync, no compression) starts each gradient bucket's
+all-reduce from the backward pass as soon as its layers are done
+(:meth:`optim.SyncSGD.grad_ready`); ``--bucket-bytes N`` cuts the
+gradients into buckets of at most N bytes (default: one bucket).
+``--timeline FILE`` writes a Chrome trace (rank 0) of each step's
+forward/backward and optimizer step and of the collectives' phases.
+
 ``--slow-rank R --slow-factor F`` makes rank R sleep ``F - 1`` times its
 forward/backward time after each one, so it computes F times slower.
 
@@ -36,6 +48,7 @@ FILE`` writes all of it (rank 0).  Bad options print one line and exit 2.
 """
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
@@ -46,6 +59,8 @@ import numpy as np
 from mpi4py import MPI
 
 import collectives
+from collectives.compression import CODECS, TopKCompression
+from collectives.timeline import Timeline
 from optim._checks import check_number
 from optim.mlp import MLP
 from optim.partial import PartialSyncSGD
@@ -85,6 +100,13 @@ def parse_args(argv, size):
                    help="steps between averagings (partial: 1, local: 4)")
     p.add_argument("--hidden", default="128", help="hidden widths, e.g. 128 or 256,128")
     p.add_argument("--algorithm", choices=collectives.ALGORITHMS, default="auto")
+    p.add_argument("--compression", choices=CODECS, default=None,
+                   help="sync: gradient codec (none, fp16, topk)")
+    p.add_argument("--topk-density", type=float, default=0.01)
+    p.add_argument("--overlap", action="store_true",
+                   help="sync: all-reduce buckets during backward")
+    p.add_argument("--bucket-bytes", type=int, default=None)
+    p.add_argument("--timeline", default=None, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slow-rank", type=int, default=None)
     p.add_argument("--slow-factor", type=float, default=1.0)
@@ -116,6 +138,14 @@ def _check_args(args, size):
                          f"{size}-rank job (0..{size - 1})")
     if not args.slow_factor >= 1.0:
         raise UsageError(f"--slow-factor must be >= 1, got {args.slow_factor}")
+    if args.compression is not None and args.optimizer != "sync":
+        raise UsageError(f"--compression works with --optimizer sync, not {args.optimizer}")
+    if args.overlap and (args.optimizer != "sync" or args.compression is not None):
+        raise UsageError("--overlap works with --optimizer sync and no --compression")
+    if args.bucket_bytes is not None and args.bucket_bytes < 1:
+        raise UsageError(f"--bucket-bytes must be >= 1, got {args.bucket_bytes}")
+    if not 0.0 < args.topk_density <= 1.0:
+        raise UsageError(f"--topk-density must be in (0, 1], got {args.topk_density}")
     if not 0.0 < args.target <= 1.0:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
     try:
@@ -172,11 +202,19 @@ def build_optimizer(args, model, comm):
     """Return the optimizer ``--optimizer`` names, on ``model``'s parameters."""
     hyper = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
     if args.optimizer == "sync":
-        return SyncSGD(model.flat, comm, algorithm=args.algorithm, **hyper)
+        return SyncSGD(model.flat, comm, algorithm=args.algorithm,
+                       compression=_codec(args), overlap=args.overlap, **hyper)
     if args.optimizer == "ps":
         return ParameterServerSGD(model.flat, comm, **hyper)
     group = args.group_size if args.optimizer == "partial" else comm.Get_size()
     return PartialSyncSGD(model.flat, comm, group_size=group, period=args.period, **hyper)
+
+
+def _codec(args):
+    # The codec --compression names (None: the plain all-reduce).
+    if args.compression == "topk":
+        return TopKCompression(density=args.topk_density)
+    return args.compression
 
 
 class _Job:
@@ -186,7 +224,8 @@ class _Job:
         self.args, self.comm = args, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.x, self.y, self.x_test, self.y_test = load_digits()
-        self.model = MLP([self.x.shape[1], *args.hidden, 10], seed=args.seed)
+        self.model = MLP([self.x.shape[1], *args.hidden, 10], seed=args.seed,
+                         bucket_bytes=args.bucket_bytes)
         broadcast_parameters(self.model.flat, comm)
         self.opt = build_optimizer(args, self.model, comm)
         self.local_batch = args.batch_size // self.size
@@ -194,6 +233,8 @@ class _Job:
         self.stop = _StopFlag(comm) if args.optimizer == "partial" else None
         self.samples = self.steps = 0
         self.log = []
+        self.timeline = Timeline(comm).attach(comm) if args.timeline else None
+        self.ready = self.opt.grad_ready if args.overlap else None
 
     def run(self):
         """Train; return the summary dict (meaningful on rank 0)."""
@@ -208,6 +249,9 @@ class _Job:
         if self.stop is not None and self.rank == 0:
             self.stop.send()
         _close(self.opt)
+        if self.timeline is not None:
+            self.timeline.detach(self.comm)
+            self.timeline.write(self.args.timeline)
         return self._summary()
 
     def _epoch(self, epoch):
@@ -224,13 +268,22 @@ class _Job:
     def _step(self, batch):
         # Forward/backward (slowed on the slow rank), then the optimizer.
         t0 = time.perf_counter()
-        loss = self.model.loss_and_grad(self.x[batch], self.y[batch])
+        with self._span("forward/backward"):
+            loss = self.model.loss_and_grad(self.x[batch], self.y[batch],
+                                            grad_ready=self.ready)
         if self.slow:
             time.sleep(self.slow * (time.perf_counter() - t0))
-        self.opt.step()
+        with self._span("step"):
+            self.opt.step()
         self.samples += len(batch)
         self.steps += 1
         return loss
+
+    def _span(self, name):
+        # A timeline span, or nothing without --timeline.
+        if self.timeline is None:
+            return contextlib.nullcontext()
+        return self.timeline.span(name)
 
     def _report(self, epoch, loss, seconds, samples):
         accuracy = self.model.accuracy(self.x_test, self.y_test)
@@ -258,7 +311,13 @@ class _Job:
                 "samples": int(counts[0]), "steps": int(counts[1]),
                 "rank0_accuracy": rank0_accuracy,
                 "final_accuracy": self.model.accuracy(self.x_test, self.y_test),
-                "time_to_target_s": reached[0]["elapsed_s"] if reached else None}
+                "time_to_target_s": reached[0]["elapsed_s"] if reached else None,
+                "bytes_per_step": self._bytes_per_step()}
+
+    def _bytes_per_step(self):
+        # Rank 0's gradient bytes on the wire per step (sync only).
+        sent = getattr(self.opt, "bytes_sent", None)
+        return None if sent is None or not self.steps else sent / self.steps
 
 
 class _StopFlag:
@@ -310,7 +369,9 @@ def _print_summary(s, target):
           f"rank 0, {s['steps']} steps and {s['samples']:,} samples on all ranks, "
           f"{s['seconds']:.2f} s ({s['samples'] / s['seconds']:,.0f} samples/s); "
           f"test accuracy {100 * s['final_accuracy']:.2f}% (averaged model), "
-          f"{100 * s['rank0_accuracy']:.2f}% (rank 0's); {to}", flush=True)
+          f"{100 * s['rank0_accuracy']:.2f}% (rank 0's); {to}"
+          + (f"; {s['bytes_per_step']:,.0f} bytes/step sent per rank"
+             if s["bytes_per_step"] is not None else ""), flush=True)
 
 
 def main(argv=None, comm=MPI.COMM_WORLD):
