@@ -51,6 +51,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ import collectives
 from collectives.compression import CODECS, TopKCompression
 from collectives.timeline import Timeline
 from optim._checks import check_number
+from optim.checkpoint import CheckpointManager
 from optim.mlp import MLP
 from optim.partial import PartialSyncSGD
 from optim.ps import ParameterServerSGD
@@ -112,6 +114,14 @@ def parse_args(argv, size):
     p.add_argument("--slow-factor", type=float, default=1.0)
     p.add_argument("--target", type=float, default=0.95, help="accuracy for time-to")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="sync/ps/local: rank 0 writes checkpoints here")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in --checkpoint-dir")
+    p.add_argument("--save-params", default=None, metavar="FILE",
+                   help="rank 0 writes the final parameters (.npy)")
     args = p.parse_args(argv)
     _check_args(args, size)
     return args
@@ -146,6 +156,7 @@ def _check_args(args, size):
         raise UsageError(f"--bucket-bytes must be >= 1, got {args.bucket_bytes}")
     if not 0.0 < args.topk_density <= 1.0:
         raise UsageError(f"--topk-density must be in (0, 1], got {args.topk_density}")
+    _check_checkpoint_args(args)
     if not 0.0 < args.target <= 1.0:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
     try:
@@ -154,6 +165,22 @@ def _check_args(args, size):
         raise UsageError(f"--hidden must be comma-separated ints, got {args.hidden!r}") from None
     if min(args.hidden) < 1:
         raise UsageError(f"--hidden widths must be >= 1, got {args.hidden}")
+
+
+def _check_checkpoint_args(args):
+    # Checkpoints need lock-step optimizers: every rank holds the same state.
+    if args.checkpoint_dir is None:
+        if args.resume:
+            raise UsageError("--resume needs --checkpoint-dir")
+        return
+    if args.optimizer == "partial":
+        raise UsageError("--checkpoint-dir works with sync, ps and local, not partial "
+                         "(partial ranks hold different models)")
+    if not os.path.isdir(args.checkpoint_dir):
+        raise UsageError(f"--checkpoint-dir {args.checkpoint_dir!r} does not exist")
+    if args.checkpoint_every < 1 or args.keep < 1:
+        raise UsageError(f"--checkpoint-every and --keep must be >= 1, got "
+                         f"{args.checkpoint_every} and {args.keep}")
 
 
 def _check_hyperparameters(args):
@@ -235,11 +262,42 @@ class _Job:
         self.log = []
         self.timeline = Timeline(comm).attach(comm) if args.timeline else None
         self.ready = self.opt.grad_ready if args.overlap else None
+        self.checkpoints = (CheckpointManager(args.checkpoint_dir, keep=args.keep)
+                            if args.checkpoint_dir else None)
+        self.resume_at = self._resume() if args.resume else (0, 0)
+
+    def _resume(self):
+        # Every rank reads the newest valid checkpoint (a shared directory).
+        found = self.checkpoints.load_latest()
+        if found is None:
+            return 0, 0
+        arrays, meta = found
+        self.model.flat.data[:] = arrays["params"]
+        state = dict(meta["optimizer"], momentum_buffer=arrays.get("momentum_buffer"))
+        self.opt.load_state_dict(state)
+        self.steps, self.samples = meta["step"], meta["samples"]
+        if self.rank == 0:
+            print(f"resumed from step {meta['step']} (epoch {meta['epoch'] + 1}, "
+                  f"batch {meta['position']})", flush=True)
+        return meta["epoch"], meta["position"]
+
+    def _checkpoint(self, epoch, position):
+        # Rank 0 saves the state after a step; all ranks hold the same one.
+        if self.rank != 0 or self.steps % self.args.checkpoint_every:
+            return
+        state = self.opt.state_dict()
+        arrays = {"params": self.model.flat.data}
+        if state.get("momentum_buffer") is not None:
+            arrays["momentum_buffer"] = state["momentum_buffer"]
+        meta = {"optimizer": {k: v for k, v in state.items() if k != "momentum_buffer"},
+                "epoch": epoch, "position": position, "samples": self.samples,
+                "shard_rule": "optim.shard(seed, epoch): no other random state"}
+        self.checkpoints.save(self.steps, arrays, meta)
 
     def run(self):
         """Train; return the summary dict (meaningful on rank 0)."""
         self.start = _synchronised_start(self.comm)
-        for epoch in range(self.args.epochs):
+        for epoch in range(self.resume_at[0], self.args.epochs):
             t0, samples0 = time.perf_counter(), self.samples
             loss = self._epoch(epoch)
             if loss is None:
@@ -257,13 +315,20 @@ class _Job:
     def _epoch(self, epoch):
         # One pass over this rank's shard; None if told to stop.
         indices = shard(len(self.y), self.rank, self.size, epoch=epoch, seed=self.args.seed)
+        first = self.resume_at[1] if epoch == self.resume_at[0] else 0
+        starts = range(0, len(indices), self.local_batch)
         losses = []
-        for k in range(0, len(indices), self.local_batch):
+        for position, k in enumerate(starts):
+            if position < first:
+                continue  # done before the checkpoint we resumed from
             if self.stop is not None and self.rank != 0 and self.stop.received():
                 return None
             batch = indices[k:k + self.local_batch]
             losses.append(self._step(batch))
-        return float(np.mean(losses))
+            if self.checkpoints is not None:  # where to go on after this step
+                done = position + 1 == len(starts)
+                self._checkpoint(epoch + done, 0 if done else position + 1)
+        return float(np.mean(losses)) if losses else float("nan")
 
     def _step(self, batch):
         # Forward/backward (slowed on the slow rank), then the optimizer.
@@ -383,7 +448,10 @@ def main(argv=None, comm=MPI.COMM_WORLD):
             print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
         return 2
     _limit_blas_threads()
-    summary = _Job(args, comm).run()
+    job = _Job(args, comm)
+    summary = job.run()
+    if comm.Get_rank() == 0 and args.save_params:
+        np.save(args.save_params, job.model.flat.data)
     if comm.Get_rank() == 0:
         _print_summary(summary, args.target)
         if args.json:

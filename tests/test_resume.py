@@ -1,0 +1,103 @@
+"""Kill a rank mid-training, resume from the checkpoints, get the same bits.
+
+Synchronous SGD is deterministic (fixed sharding per epoch and seed, fixed
+reduction order), so a run that is killed and resumed from its newest
+valid checkpoint must end with parameters bitwise equal to a run that was
+never interrupted.
+"""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from launch import ROOT, mpiexec, run_mpi
+
+JOB = ["-m", "optim.train", "--optimizer", "sync", "--epochs", "8", "--hidden", "64",
+       "--seed", "3"]
+
+
+def _uninterrupted(tmp_path):
+    out = tmp_path / "full.npy"
+    result = run_mpi(4, JOB + ["--save-params", str(out)], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(out)
+
+
+def _resume(directory, out):
+    result = run_mpi(4, JOB + ["--checkpoint-dir", str(directory), "--checkpoint-every", "20",
+                               "--resume", "--save-params", str(out)], timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    match = re.search(r"resumed from step (\d+)", result.stdout)
+    return np.load(out), int(match.group(1)) if match else 0
+
+
+def _rank_pids(marker):
+    # The python processes of the job (not mpiexec, not hydra's proxies).
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"python") and marker.encode() in b" ".join(argv):
+            pids.append(int(entry))
+    return pids
+
+
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
+    want = _uninterrupted(tmp_path)
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "mpi4py", *JOB,
+           "--checkpoint-dir", str(directory), "--checkpoint-every", "20",
+           "--slow-rank", "2", "--slow-factor", "40"]
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list(directory.glob("*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.3))  # a random later step
+    victims = _rank_pids(str(directory))
+    assert len(victims) == 4, victims
+    killed_at = time.monotonic()
+    os.kill(random.choice(victims), signal.SIGKILL)
+    output, _ = job.communicate(timeout=330)
+    assert job.returncode != 0, output[-2000:]
+    assert time.monotonic() - killed_at < 330  # within the default timeout + 30 s
+    got, step = _resume(directory, tmp_path / "resumed.npy")
+    assert step > 0
+    assert got.tobytes() == want.tobytes()
+
+
+def test_truncated_newest_checkpoint_falls_back(tmp_path):
+    want = _uninterrupted(tmp_path)
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    partial = JOB[:JOB.index("8")] + ["3"] + JOB[JOB.index("8") + 1:]  # stop after 3 epochs
+    result = run_mpi(4, partial + ["--checkpoint-dir", str(directory),
+                                   "--checkpoint-every", "20"], timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted(directory.glob("*.ckpt"))
+    newest, previous = files[-1], files[-2]
+    newest.write_bytes(newest.read_bytes()[:100])
+    got, step = _resume(directory, tmp_path / "resumed.npy")
+    assert step == int(previous.stem.split("-")[1])
+    assert got.tobytes() == want.tobytes()
+
+
+def test_bad_checkpoint_options_one_line(tmp_path):
+    for extra, words in [(["--resume"], "--resume needs --checkpoint-dir"),
+                         (["--checkpoint-dir", str(tmp_path / "nope")], "does not exist")]:
+        result = run_mpi(2, JOB + extra, timeout=60)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if "optim.train" in line]
+        assert len(lines) == 1 and words in lines[0], result.stderr[-2000:]
