@@ -52,6 +52,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -264,6 +265,8 @@ class _Job:
         self.ready = self.opt.grad_ready if args.overlap else None
         self.checkpoints = (CheckpointManager(args.checkpoint_dir, keep=args.keep)
                             if args.checkpoint_dir else None)
+        self.stop_signal = _SignalFlag() if self.checkpoints else None
+        self.signalled = np.zeros(1, dtype=np.int32)
         self.resume_at = self._resume() if args.resume else (0, 0)
 
     def _resume(self):
@@ -282,9 +285,18 @@ class _Job:
         return meta["epoch"], meta["position"]
 
     def _checkpoint(self, epoch, position):
-        # Rank 0 saves the state after a step; all ranks hold the same one.
-        if self.rank != 0 or self.steps % self.args.checkpoint_every:
-            return
+        # Rank 0 saves the state after a step (every N steps, or when any rank
+        # got SIGTERM/SIGINT: the ranks agree on that with a 4-byte all-reduce,
+        # so all stop after the same step); all ranks hold the same state.
+        self.signalled[0] = max(self.signalled[0], self.stop_signal.received)
+        collectives.allreduce(self.signalled, self.comm, op="max", algorithm="tree")
+        stopping = int(self.signalled[0])
+        if self.rank == 0 and (stopping or self.steps % self.args.checkpoint_every == 0):
+            self._save(epoch, position)
+        if stopping:
+            raise _SignalStopError(stopping)
+
+    def _save(self, epoch, position):
         state = self.opt.state_dict()
         arrays = {"params": self.model.flat.data}
         if state.get("momentum_buffer") is not None:
@@ -385,6 +397,26 @@ class _Job:
         return None if sent is None or not self.steps else sent / self.steps
 
 
+class _SignalStopError(Exception):
+    """The ranks agreed to stop after a signal; the checkpoint is written."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by signal {signum} after a checkpoint")
+        self.signum = signum
+
+
+class _SignalFlag:
+    """Remember a SIGTERM/SIGINT instead of dying mid-step."""
+
+    def __init__(self):
+        self.received = 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._note)
+
+    def _note(self, signum, frame):
+        self.received = signum
+
+
 class _StopFlag:
     """Rank 0 tells the others to stop (partial mode), on a private duplicate.
 
@@ -449,7 +481,13 @@ def main(argv=None, comm=MPI.COMM_WORLD):
         return 2
     _limit_blas_threads()
     job = _Job(args, comm)
-    summary = job.run()
+    try:
+        summary = job.run()
+    except _SignalStopError as stopped:
+        if comm.Get_rank() == 0:
+            print(f"optim.train: {stopped}; continue with --resume", file=sys.stderr,
+                  flush=True)
+        return 128 + stopped.signum
     if comm.Get_rank() == 0 and args.save_params:
         np.save(args.save_params, job.model.flat.data)
     if comm.Get_rank() == 0:

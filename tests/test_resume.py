@@ -101,3 +101,27 @@ def test_bad_checkpoint_options_one_line(tmp_path):
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if "optim.train" in line]
         assert len(lines) == 1 and words in lines[0], result.stderr[-2000:]
+
+
+def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path):
+    want = _uninterrupted(tmp_path)
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "mpi4py", *JOB,
+           "--checkpoint-dir", str(directory), "--checkpoint-every", "1000",
+           "--slow-rank", "2", "--slow-factor", "40"]
+    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    time.sleep(3.0)  # well into training (the job needs ~2 s to start)
+    victims = _rank_pids(str(directory))
+    for pid in victims:  # as a batch system's SIGTERM reaches every rank
+        os.kill(pid, signal.SIGTERM)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, output[-2000:]
+    assert "continue with --resume" in output
+    files = sorted(directory.glob("*.ckpt"))
+    assert len(files) == 1 and int(files[0].stem.split("-")[1]) % 1000 != 0
+    got, step = _resume(directory, tmp_path / "resumed.npy")
+    assert step == int(files[0].stem.split("-")[1])
+    assert got.tobytes() == want.tobytes()
