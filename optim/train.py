@@ -289,7 +289,7 @@ class _Job:
         # got SIGTERM/SIGINT: the ranks agree on that with a 4-byte all-reduce,
         # so all stop after the same step); all ranks hold the same state.
         self.signalled[0] = max(self.signalled[0], self.stop_signal.received)
-        collectives.allreduce(self.signalled, self.comm, op="max", algorithm="tree")
+        collectives.allreduce(self.signalled, self.comm, op="max")
         stopping = int(self.signalled[0])
         if self.rank == 0 and (stopping or self.steps % self.args.checkpoint_every == 0):
             self._save(epoch, position)

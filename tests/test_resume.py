@@ -15,14 +15,17 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from launch import ROOT, mpiexec, run_mpi
 
 JOB = ["-m", "optim.train", "--optimizer", "sync", "--epochs", "8", "--hidden", "64",
        "--seed", "3"]
 
 
-def _uninterrupted(tmp_path):
-    out = tmp_path / "full.npy"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    # The reference run, shared by the tests of this module.
+    out = tmp_path_factory.mktemp("full") / "full.npy"
     result = run_mpi(4, JOB + ["--save-params", str(out)], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return np.load(out)
@@ -52,16 +55,27 @@ def _rank_pids(marker):
     return pids
 
 
-def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
-    want = _uninterrupted(tmp_path)
+def _start(extra, *, env=None, launcher=()):
+    # Start a slowed 4-rank job in the background (rank 2 computes 40x slower).
+    full_env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    cmd = [mpiexec(), *launcher, "-n", "4", sys.executable, "-m", "mpi4py", *JOB, *extra,
+           "--slow-rank", "2", "--slow-factor", "40"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _no_orphans(marker):
+    # Every rank process of the job is gone shortly after mpiexec exits.
+    deadline = time.monotonic() + 10
+    while _rank_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _rank_pids(marker)
+
+
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path, uninterrupted):
     directory = tmp_path / "ckpt"
     directory.mkdir()
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "mpi4py", *JOB,
-           "--checkpoint-dir", str(directory), "--checkpoint-every", "20",
-           "--slow-rank", "2", "--slow-factor", "40"]
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    job = _start(["--checkpoint-dir", str(directory), "--checkpoint-every", "20"])
     deadline = time.monotonic() + 60
     while not list(directory.glob("*.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -73,13 +87,13 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
     output, _ = job.communicate(timeout=330)
     assert job.returncode != 0, output[-2000:]
     assert time.monotonic() - killed_at < 330  # within the default timeout + 30 s
+    assert _no_orphans(str(directory))
     got, step = _resume(directory, tmp_path / "resumed.npy")
     assert step > 0
-    assert got.tobytes() == want.tobytes()
+    assert got.tobytes() == uninterrupted.tobytes()
 
 
-def test_truncated_newest_checkpoint_falls_back(tmp_path):
-    want = _uninterrupted(tmp_path)
+def test_truncated_newest_checkpoint_falls_back(tmp_path, uninterrupted):
     directory = tmp_path / "ckpt"
     directory.mkdir()
     partial = JOB[:JOB.index("8")] + ["3"] + JOB[JOB.index("8") + 1:]  # stop after 3 epochs
@@ -91,7 +105,7 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
     newest.write_bytes(newest.read_bytes()[:100])
     got, step = _resume(directory, tmp_path / "resumed.npy")
     assert step == int(previous.stem.split("-")[1])
-    assert got.tobytes() == want.tobytes()
+    assert got.tobytes() == uninterrupted.tobytes()
 
 
 def test_bad_checkpoint_options_one_line(tmp_path):
@@ -103,16 +117,10 @@ def test_bad_checkpoint_options_one_line(tmp_path):
         assert len(lines) == 1 and words in lines[0], result.stderr[-2000:]
 
 
-def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path):
-    want = _uninterrupted(tmp_path)
+def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path, uninterrupted):
     directory = tmp_path / "ckpt"
     directory.mkdir()
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
-    cmd = [mpiexec(), "-n", "4", sys.executable, "-m", "mpi4py", *JOB,
-           "--checkpoint-dir", str(directory), "--checkpoint-every", "1000",
-           "--slow-rank", "2", "--slow-factor", "40"]
-    job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    job = _start(["--checkpoint-dir", str(directory), "--checkpoint-every", "1000"])
     time.sleep(3.0)  # well into training (the job needs ~2 s to start)
     victims = _rank_pids(str(directory))
     for pid in victims:  # as a batch system's SIGTERM reaches every rank
@@ -124,4 +132,47 @@ def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path):
     assert len(files) == 1 and int(files[0].stem.split("-")[1]) % 1000 != 0
     got, step = _resume(directory, tmp_path / "resumed.npy")
     assert step == int(files[0].stem.split("-")[1])
-    assert got.tobytes() == want.tobytes()
+    assert got.tobytes() == uninterrupted.tobytes()
+
+
+def test_survivors_name_the_killed_rank(tmp_path):
+    # MPICH's mpiexec kills the whole job as soon as a rank dies of a
+    # signal, so survivors never get to speak.  Under a launcher that
+    # leaves them running they must warn, then time out naming it.  Here:
+    # -disable-auto-cleanup, each rank under a shell (as batch wrappers run
+    # it) that ignores SIGUSR1, hydra's failure notice, which would
+    # otherwise kill a Python rank silently.
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    long_job = JOB[:JOB.index("8")] + ["200"] + JOB[JOB.index("8") + 1:]
+    command = " ".join(["trap '' USR1;", sys.executable, "-m", "mpi4py", *long_job,
+                        "--checkpoint-dir", str(directory), "--checkpoint-every", "20",
+                        "--slow-rank", "2", "--slow-factor", "40"])
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               MPI_COLLECTIVES_TIMEOUT="4", MPI_COLLECTIVES_WARN="1")
+    job = subprocess.Popen([mpiexec(), "-disable-auto-cleanup", "-n", "4", "sh", "-c", command],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not list(directory.glob("*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # every rank is past MPI_Init and training
+    by_rank = {_rank_of(pid): pid for pid in _rank_pids(str(directory))}
+    assert sorted(by_rank) == [0, 1, 2, 3], by_rank
+    killed = random.randrange(4)
+    killed_at = time.monotonic()
+    os.kill(by_rank[killed], signal.SIGKILL)
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, output[-2000:]
+    assert time.monotonic() - killed_at < 4 + 30
+    assert f"timed out after 4.0 s waiting for rank(s) {killed}" in output, output[-3000:]
+    speakers = set(re.findall(rf"on rank (\d+): (?:waiting|timed out).*rank\(s\) {killed}\b",
+                              output))
+    assert speakers == {str(rank) for rank in range(4)} - {str(killed)}, output[-3000:]
+    assert _no_orphans(str(directory))
+
+
+def _rank_of(pid):
+    # The MPI rank of a process, from the PMI environment hydra gives it.
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return int(env[b"PMI_RANK"])
