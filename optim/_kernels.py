@@ -10,7 +10,7 @@ same parameters gets the same bytes.
 
 import numba as nb
 
-__all__ = ["sgd_step", "sgd_momentum_step"]
+__all__ = ["add_scaled", "sgd_step", "sgd_momentum_step"]
 
 _FLOATS = (nb.float32, nb.float64)
 
@@ -20,6 +20,13 @@ def _jit(nargs, nscalars, *, flag=False):
     sigs = [nb.void(*([t[::1]] * nargs), *([t] * nscalars), *([nb.boolean] if flag else []))
             for t in _FLOATS]
     return nb.njit(sigs, cache=True, nogil=True, boundscheck=False)
+
+
+@_jit(2, 1)
+def add_scaled(target, source, scale):
+    """Target += scale * source (e.g. DP noise onto the averaged gradient)."""
+    for i in range(target.size):
+        target[i] = target[i] + scale * source[i]
 
 
 @_jit(2, 2)

@@ -1,31 +1,42 @@
-"""Differentially private SGD (DP-SGD) for :class:`optim.MLP` with SyncSGD.
+"""Differentially private SGD (DP-SGD): clipping, noise config, accountant.
 
-Each step (Abadi et al. 2016):
+Each step (Abadi et al. 2016) of ``SyncSGD(..., dp=DPConfig(...))``:
 
-1. per-sample gradients ``g_i`` of the loss (computed here from the MLP's
-   public ``weights`` and ``biases``, in the layout of ``model.flat``);
-2. each clipped to norm ``C``: ``g_i * min(1, C / |g_i|)``;
-3. the clipped gradients averaged over the global batch of ``B`` samples
-   (locally here, then across the ranks by :class:`optim.SyncSGD`), plus
-   Gaussian noise of standard deviation ``sigma * C`` on the sum, i.e.
-   ``sigma * C / B`` on the average, added once per step.
+1. every rank computes the per-sample gradients ``g_i`` of its local batch
+   (:func:`per_sample_gradients`, from the MLP's public ``weights`` and
+   ``biases``, laid out like ``model.flat``), clips each to norm ``C``
+   (``g_i * min(1, C / |g_i|)``, :func:`clip_per_sample`) and writes their
+   mean into ``model.flat.grad``: :func:`clipped_loss_and_grad`;
+2. :class:`optim.SyncSGD` averages that over the ranks (the all-reduce,
+   unchanged), which gives the mean of the ``B`` clipped gradients of the
+   global batch;
+3. then, once, AFTER the all-reduce and before the update, SyncSGD adds
+   Gaussian noise of standard deviation ``sigma * C / B`` to the averaged
+   gradient (``sigma * C`` on the sum; ``C / B`` is the sensitivity of
+   the average to one sample).
 
-The noise is the SAME on every rank: each rank draws it from its own
-``numpy.random.default_rng(seed)`` (the seed is checked to agree across
-ranks when the helper is built), one draw per step, and adds
-``sigma * C * z / B`` to its local average before SyncSGD averages.  The
-average of identical values is that value, so the averaged gradient holds
-the noise exactly once (up to the rounding of the all-reduce), and since
-the all-reduce gives every rank the same bytes the replicas stay bitwise
-identical.  (SyncSGD has no hook between averaging and the update; with
-one, the noise would be added after the average instead.)
+Why the replicas stay bitwise identical: the all-reduce gives every rank
+the same bytes, and every rank draws the same noise, from its own
+generator ``numpy.random.default_rng([seed, NOISE_STREAM])`` that starts
+in the same state everywhere (SyncSGD checks at construction that all
+ranks hold the same :class:`DPConfig`, seed included) and advances by one
+draw of the gradient's size per step.  Same gradient plus same noise,
+then the same deterministic update: same parameters.  The noise is added
+exactly once, after the average, so its scale does not depend on the
+number of ranks.  The generator's state is part of
+:meth:`optim.SyncSGD.state_dict`, so a resumed run draws the same noise.
 
-Privacy: :func:`epsilon` asks Google's ``dp-accounting`` library (RDP
-accountant) for the epsilon of ``steps`` Poisson-subsampled Gaussian
-mechanisms with sampling rate ``B / N``.  The training job shuffles and
-takes fixed-size batches, as most DP-SGD code does; the accountant's
-Poisson-sampling assumption is the usual approximation of that.
+The privacy holds against whoever sees the updates but not the seed (or
+a checkpoint, which holds the generator's state): keep both secret.
+
+Privacy accounting: :func:`epsilon` asks Google's ``dp-accounting``
+library (RDP accountant) for the epsilon of ``steps`` Poisson-subsampled
+Gaussian mechanisms with sampling rate ``B / N``.  Training with shuffled
+fixed-size batches (as the training job does, dropping short batches), as
+most DP-SGD code does, is the usual approximation of Poisson sampling.
 """
+
+import dataclasses
 
 import numpy as np
 
@@ -33,7 +44,112 @@ import collectives
 from optim._checks import check_comm, check_int, check_number
 from optim.mlp import MLP
 
-__all__ = ["DPGradient", "clip_per_sample", "epsilon", "per_sample_gradients"]
+__all__ = ["NOISE_STREAM", "DPConfig", "check_same_config", "clip_per_sample",
+           "clipped_loss_and_grad", "epsilon", "per_sample_gradients"]
+
+NOISE_STREAM = 0x44505347  # "DPSG": keeps the noise apart from other uses of the seed
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPConfig:
+    """The DP-SGD settings of one run, for ``optim.SyncSGD(..., dp=config)``.
+
+    Parameters
+    ----------
+    clip_norm : float
+        ``C`` > 0, the bound on each per-sample gradient's L2 norm.
+    noise_multiplier : float
+        ``sigma`` > 0; the noise on the averaged gradient has standard
+        deviation ``sigma * C / batch_size``.
+    batch_size : int
+        ``B`` >= 1, the global batch (all ranks together) of every step.
+    dataset_size : int
+        ``N`` >= ``batch_size``, the training samples (for the sampling
+        rate ``B / N`` of the accountant).
+    seed : int
+        >= 0, seed of the noise generator; the same on every rank.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad value (local check, no message sent).
+
+    Examples
+    --------
+    >>> dp = optim.DPConfig(clip_norm=1.0, noise_multiplier=1.1, batch_size=64,
+    ...                     dataset_size=1438, seed=0)
+    >>> opt = optim.SyncSGD(model.flat, comm, lr=0.1, dp=dp)   # collective
+    >>> clipped_loss_and_grad(model, x_local, y_local, clip_norm=dp.clip_norm)
+    >>> opt.step()                       # average, + noise once, update
+    >>> opt.epsilon(delta=1e-5)
+
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    batch_size: int
+    dataset_size: int
+    seed: int
+
+    def __post_init__(self):
+        checked = {
+            "clip_norm": check_number("clip_norm", self.clip_norm, low=0.0, low_open=True),
+            "noise_multiplier": check_number(
+                "noise_multiplier", self.noise_multiplier, low=0.0, low_open=True,
+                because=" because without noise there is no privacy"),
+            "batch_size": check_int("batch_size", self.batch_size, low=1),
+            "dataset_size": check_int("dataset_size", self.dataset_size, low=1),
+            "seed": check_int("seed", self.seed, low=0)}
+        if checked["batch_size"] > checked["dataset_size"]:
+            raise ValueError(f"batch_size {self.batch_size} is larger than dataset_size "
+                             f"{self.dataset_size}; the sampling rate must be <= 1")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def noise_std(self):
+        """``sigma * C / B``: the noise's standard deviation on the average."""
+        return self.noise_multiplier * self.clip_norm / self.batch_size
+
+    @property
+    def sample_rate(self):
+        """``B / N``, the accountant's sampling rate."""
+        return self.batch_size / self.dataset_size
+
+    def noise_generator(self):
+        """Return a new noise generator (the same on every rank)."""
+        return np.random.default_rng([self.seed, NOISE_STREAM])
+
+    def epsilon(self, steps, *, delta):
+        """Return the epsilon at ``delta`` after ``steps`` steps (:func:`epsilon`)."""
+        return epsilon(noise_multiplier=self.noise_multiplier,
+                       sample_rate=self.sample_rate, steps=steps, delta=delta)
+
+
+_AGREED = (("seed", np.int64), ("batch_size", np.int64), ("dataset_size", np.int64),
+           ("clip_norm", np.float64), ("noise_multiplier", np.float64))
+
+
+def check_same_config(config, comm):
+    """Raise ``ValueError`` unless every rank of ``comm`` holds ``config`` (collective).
+
+    Two small all-reduces, the max of each value and of its negative: the
+    integers as int64, the norms as float64 (exact comparisons).
+    """
+    if not isinstance(config, DPConfig):
+        raise TypeError(f"dp must be an optim.DPConfig or None, got {type(config).__name__}")
+    check_comm(comm)
+    for dtype in (np.int64, np.float64):
+        names = [name for name, kind in _AGREED if kind is dtype]
+        mine = np.array([getattr(config, name) for name in names], dtype=dtype)
+        both = np.concatenate([mine, -mine])
+        collectives.allreduce(both, comm, op="max")
+        for name, value, high, low in zip(names, mine, both[:len(names)],
+                                          -both[len(names):]):
+            if high != low:
+                raise ValueError(f"DPConfig.{name} must be the same on every rank, because "
+                                 f"the noise must be; rank {comm.Get_rank()} has {value}, "
+                                 f"the ranks range from {low} to {high}")
 
 
 def per_sample_gradients(model, x, y):
@@ -71,68 +187,37 @@ def clip_per_sample(grads, clip_norm):
     return norms
 
 
-class DPGradient:
-    """Write DP-SGD gradients into ``model.flat.grad`` for a SyncSGD step.
+def clipped_loss_and_grad(model, x, y, *, clip_norm):
+    """Write the mean of the clipped per-sample gradients; return the mean loss.
 
-    Parameters
-    ----------
-    model : optim.MLP
-    comm : mpi4py.MPI.Intracomm
-        The data-parallel ranks (those of the :class:`optim.SyncSGD`).
-    clip_norm : float
-        ``C`` > 0, the per-sample gradient norm bound.
-    noise_multiplier : float
-        ``sigma`` >= 0; the noise on the summed gradient has standard
-        deviation ``sigma * C``.
-    seed : int
-        Seed of the noise generator; must be the same on every rank
-        (checked here, collectively).
+    The DP replacement of :meth:`optim.MLP.loss_and_grad`: ``model.flat.grad``
+    becomes the mean over the rows of ``x`` of each sample's gradient
+    clipped to norm ``clip_norm``.  Every rank must pass the same number of
+    samples, ``DPConfig.batch_size / ranks``, so that SyncSGD's average is
+    the mean over the global batch; SyncSGD then adds the noise.
 
-    Examples
-    --------
-    >>> dp = DPGradient(model, comm, clip_norm=1.0, noise_multiplier=1.1, seed=0)
-    >>> opt = optim.SyncSGD(model.flat, comm, lr=0.1)
-    >>> loss = dp.loss_and_grad(x_local, y_local)
-    >>> opt.step()      # averages: mean clipped gradient + noise once
+    Raises
+    ------
+    TypeError, ValueError
+        For a model that is not an :class:`optim.MLP`, a batch of the wrong
+        shape or a bad ``clip_norm``.
 
     """
-
-    def __init__(self, model, comm, *, clip_norm, noise_multiplier, seed):
-        if not isinstance(model, MLP):
-            raise TypeError(f"model must be an optim.MLP, got {type(model).__name__}")
-        check_comm(comm)
-        self.model, self.comm = model, comm
-        self.clip_norm = check_number("clip_norm", clip_norm, low=0.0, low_open=True)
-        self.noise_multiplier = check_number("noise_multiplier", noise_multiplier, low=0.0)
-        self.seed = check_int("seed", seed, low=0)
-        _check_same_seed(self.seed, comm)
-        self.rng = np.random.default_rng(self.seed)
-        self.steps = 0
-        self.last_norms = None
-
-    def loss_and_grad(self, x, y):
-        """Write this rank's share of the private gradient; return the mean loss.
-
-        Every rank must pass the same number of samples (the global batch
-        is that times the rank count).
-        """
-        grads = per_sample_gradients(self.model, x, y)
-        loss = _mean_loss(self.model, x, y)
-        self.last_norms = clip_per_sample(grads, self.clip_norm)
-        global_batch = len(grads) * self.comm.Get_size()
-        noise = self.rng.standard_normal(self.model.flat.size)  # same on every rank
-        noise *= self.noise_multiplier * self.clip_norm / global_batch
-        np.mean(grads, axis=0, out=self.model.flat.grad)
-        self.model.flat.grad += noise.astype(self.model.flat.dtype)
-        self.steps += 1
-        return loss
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be an optim.MLP, got {type(model).__name__}")
+    grads = per_sample_gradients(model, x, y)
+    clip_per_sample(grads, clip_norm)
+    np.mean(grads, axis=0, out=model.flat.grad)
+    return _mean_loss(model, x, y)
 
 
 def epsilon(*, noise_multiplier, sample_rate, steps, delta):
     """Return the epsilon of DP-SGD at ``delta`` (dp-accounting's RDP accountant).
 
     ``steps`` Poisson-subsampled Gaussian mechanisms of noise multiplier
-    ``noise_multiplier`` and sampling rate ``sample_rate`` (batch / dataset).
+    ``noise_multiplier`` and sampling rate ``sample_rate`` (batch / dataset);
+    0.0 for no steps.  Needs ``pip install dp-accounting`` (the ``dp``
+    extra).
     """
     import dp_accounting
 
@@ -142,6 +227,8 @@ def epsilon(*, noise_multiplier, sample_rate, steps, delta):
                                low_open=True)
     steps = check_int("steps", steps, low=0)
     delta = check_number("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True)
+    if steps == 0:
+        return 0.0  # nothing released yet
     event = dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(
             sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)), steps)
@@ -181,13 +268,3 @@ def _mean_loss(model, x, y):
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     return -float(np.mean(log_probs[np.arange(len(y)), np.asarray(y)]))
-
-
-def _check_same_seed(seed, comm):
-    # Max of (seed, -seed) over the ranks gives the largest and smallest.
-    both = np.array([seed, -seed], dtype=np.int64)
-    collectives.allreduce(both, comm, op="max")
-    if both[0] != seed or -both[1] != seed:
-        raise ValueError(f"seed must be the same on every rank, because the noise must "
-                         f"be; rank {comm.Get_rank()} has {seed}, the ranks range from "
-                         f"{-both[1]} to {both[0]}")

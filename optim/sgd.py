@@ -20,10 +20,22 @@ the communicator's progress thread), so the reduction of late layers runs
 while early layers' gradients are computed, and :meth:`SyncSGD.step`
 waits for the handles.  Same algorithm, same buckets: the result is
 bitwise equal to the blocking run.
+
+With ``dp`` (an :class:`optim.DPConfig`) the step is DP-SGD: the caller
+writes the mean of its samples' CLIPPED gradients
+(:func:`optim.dp.clipped_loss_and_grad`), the all-reduce averages them as
+usual, and then, once, after the average and before the update, every
+rank adds the same Gaussian noise of standard deviation ``sigma * C / B``
+to the averaged gradient, drawn from a generator seeded identically on
+every rank (checked collectively at construction).  Same averaged bytes
+plus same noise keeps the replicas bitwise identical; see
+:mod:`optim.dp` for the whole recipe and the privacy accounting
+(:meth:`SyncSGD.epsilon`).
 """
 
 import bisect
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,8 +43,10 @@ import numpy as np
 import collectives
 from collectives.compression import CODECS, NoCompression, ring_bytes
 from collectives.nonblocking import close_progress
+from optim import _kernels as K
 from optim._base import DistributedSGD
 from optim._checks import check_comm, check_timeout
+from optim.dp import DPConfig, check_same_config
 from optim.flat import FlatParameters
 
 __all__ = ["SyncSGD", "broadcast_parameters"]
@@ -67,6 +81,11 @@ class SyncSGD(DistributedSGD):
     overlap : bool, default False
         Start each bucket's reduction from :meth:`grad_ready` (see the
         module docstring); needs ``compression=None``.
+    dp : optim.DPConfig, optional
+        Differentially private SGD (see the module docstring): add noise
+        of standard deviation ``dp.noise_std`` to the averaged gradient
+        once per step.  Needs ``compression=None``; makes the constructor
+        collective (it checks that every rank holds the same config).
 
     Attributes
     ----------
@@ -75,6 +94,8 @@ class SyncSGD(DistributedSGD):
         for the uncompressed all-reduce).
     last_bytes_sent : int
         The same for the last step.
+    dp : optim.DPConfig or None
+        The DP settings.
 
     Raises
     ------
@@ -93,7 +114,7 @@ class SyncSGD(DistributedSGD):
 
     def __init__(self, params, comm, *, lr, momentum=0.0, weight_decay=0.0,
                  nesterov=False, algorithm="auto", timeout=None, compression=None,
-                 overlap=False):
+                 overlap=False, dp=None):
         super().__init__(params, comm, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, nesterov=nesterov, timeout=timeout)
         if algorithm not in collectives.ALGORITHMS:
@@ -107,6 +128,9 @@ class SyncSGD(DistributedSGD):
         starts = [b.start for b in params.buckets]
         self._bucket_of = [bisect.bisect_right(starts, o) - 1 for o in params.offsets[:-1]]
         self._reset_overlap()
+        self.dp = _check_dp(dp, compression, comm)
+        self._noise_rng = None if dp is None else dp.noise_generator()
+        self._noise = None if dp is None else np.empty_like(params.grad)
 
     def grad_ready(self, tensor):
         """Note that gradient ``tensor`` (an index into ``params.grads``) is written.
@@ -129,10 +153,77 @@ class SyncSGD(DistributedSGD):
             close_progress(self.comm)
 
     def step(self):
-        """Average ``params.grad`` over the ranks, then update ``params``."""
+        """Average ``params.grad`` over the ranks (+ DP noise), then update ``params``."""
         self._average_gradients()
+        if self.dp is not None:
+            self._add_noise()
         self.rule.apply()
         self.steps += 1
+
+    def epsilon(self, *, delta):
+        """Return the DP epsilon at ``delta`` of the steps taken so far.
+
+        dp-accounting's RDP accountant for :attr:`steps` steps at sampling
+        rate ``dp.sample_rate`` (see :func:`optim.dp.epsilon`).  Raises
+        ``ValueError`` without ``dp``.
+        """
+        if self.dp is None:
+            raise ValueError("epsilon needs an optimizer built with dp=optim.DPConfig(...)")
+        return self.dp.epsilon(self.steps, delta=delta)
+
+    def state_dict(self):
+        """Return :meth:`DistributedSGD.state_dict`, plus ``"dp"`` with ``dp``.
+
+        ``"dp"`` holds the config's values and the noise generator's state
+        (plain ints and strings, JSON-safe), so a resumed run draws the
+        same noise as one never interrupted.
+        """
+        state = super().state_dict()
+        if self.dp is not None:
+            state["dp"] = dict(dataclasses.asdict(self.dp),
+                               generator=self._noise_rng.bit_generator.state)
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a :meth:`state_dict`; with ``dp``, the same config's.
+
+        Raises ``ValueError`` as :meth:`DistributedSGD.load_state_dict`
+        does, and if the state's DP settings differ from ``dp`` (or one of
+        the two has none), because a run's privacy accounting assumes one
+        setting throughout.
+        """
+        generator = self._check_dp_state(state) if isinstance(state, dict) else None
+        super().load_state_dict(state)
+        if generator is not None:
+            self._noise_rng.bit_generator.state = generator
+
+    def _add_noise(self):
+        # The same draw on every rank, added once to the averaged gradient.
+        self._noise_rng.standard_normal(dtype=self._noise.dtype, out=self._noise)
+        grad = self.params.grad
+        K.add_scaled(grad, self._noise, grad.dtype.type(self.dp.noise_std))
+
+    def _check_dp_state(self, state):
+        # The noise generator's saved state, after checking it fits this run.
+        saved = state.get("dp")
+        settings = ({k: v for k, v in saved.items() if k != "generator"}
+                    if isinstance(saved, dict) else saved)
+        if (saved is None) != (self.dp is None):
+            raise ValueError(f"state has dp settings {settings}, but this optimizer has "
+                             f"dp={self.dp}; both must be DP or neither")
+        if saved is None:
+            return None
+        mine = dataclasses.asdict(self.dp)
+        if settings != mine:
+            raise ValueError(f"state's dp settings {settings} differ from this optimizer's "
+                             f"{mine}, because a run's privacy accounting assumes one "
+                             "setting throughout")
+        generator = saved.get("generator")
+        if not isinstance(generator, dict) or generator.get("bit_generator") != \
+                type(self._noise_rng.bit_generator).__name__:
+            raise ValueError(f"state's dp generator {generator!r} is not a "
+                             f"{type(self._noise_rng.bit_generator).__name__} state")
+        return generator
 
     def _reset_overlap(self):
         # Per bucket, the tensors not yet reported ready; no reduction running.
@@ -187,6 +278,20 @@ def _check_overlap(overlap, compression):
     if overlap and compression is not None:
         raise ValueError(f"overlap needs compression=None, got {compression!r}")
     return overlap
+
+
+def _check_dp(dp, compression, comm):
+    # None, or a config every rank agrees on (collective), without a codec.
+    if dp is None:
+        return None
+    if not isinstance(dp, DPConfig):
+        raise TypeError(f"dp must be an optim.DPConfig or None, got {type(dp).__name__}")
+    if compression is not None:
+        raise ValueError(f"dp needs compression=None, got {compression!r}, because the "
+                         "privacy analysis assumes the exact average of the clipped "
+                         "gradients")
+    check_same_config(dp, comm)
+    return dp
 
 
 def _bucket_codecs(compression, nbuckets, algorithm):

@@ -35,6 +35,13 @@ gradients into buckets of at most N bytes (default: one bucket).
 ``--timeline FILE`` writes a Chrome trace (rank 0) of each step's
 forward/backward and optimizer step and of the collectives' phases.
 
+``--dp-clip C --dp-noise SIGMA`` (sync, no compression) trains with
+DP-SGD (:mod:`optim.dp`): each sample's gradient clipped to norm C,
+Gaussian noise of standard deviation ``SIGMA * C / batch-size`` added once
+to the averaged gradient (noise seeded by ``--seed``), whole batches only
+(short ones dropped); the summary reports the epsilon at ``--dp-delta``
+(default 1e-5) from dp-accounting's RDP accountant.
+
 ``--slow-rank R --slow-factor F`` makes rank R sleep ``F - 1`` times its
 forward/backward time after each one, so it computes F times slower.
 
@@ -65,6 +72,7 @@ from collectives.compression import CODECS, TopKCompression
 from collectives.timeline import Timeline
 from optim._checks import check_number
 from optim.checkpoint import CheckpointManager
+from optim.dp import DPConfig, clipped_loss_and_grad
 from optim.mlp import MLP
 from optim.partial import PartialSyncSGD
 from optim.ps import ParameterServerSGD
@@ -123,6 +131,12 @@ def parse_args(argv, size):
                    help="continue from the newest valid checkpoint in --checkpoint-dir")
     p.add_argument("--save-params", default=None, metavar="FILE",
                    help="rank 0 writes the final parameters (.npy)")
+    p.add_argument("--dp-clip", type=float, default=None, metavar="C",
+                   help="sync: DP-SGD, clip each sample's gradient to norm C")
+    p.add_argument("--dp-noise", type=float, default=None, metavar="SIGMA",
+                   help="sync: DP-SGD noise multiplier (std SIGMA*C/batch-size)")
+    p.add_argument("--dp-delta", type=float, default=None, metavar="DELTA",
+                   help="DP-SGD: report epsilon at this delta (default 1e-5)")
     args = p.parse_args(argv)
     _check_args(args, size)
     return args
@@ -158,6 +172,7 @@ def _check_args(args, size):
     if not 0.0 < args.topk_density <= 1.0:
         raise UsageError(f"--topk-density must be in (0, 1], got {args.topk_density}")
     _check_checkpoint_args(args)
+    _check_dp_args(args)
     if not 0.0 < args.target <= 1.0:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
     try:
@@ -182,6 +197,31 @@ def _check_checkpoint_args(args):
     if args.checkpoint_every < 1 or args.keep < 1:
         raise UsageError(f"--checkpoint-every and --keep must be >= 1, got "
                          f"{args.checkpoint_every} and {args.keep}")
+
+
+def _check_dp_args(args):
+    # DP-SGD needs both --dp-clip and --dp-noise, > 0, with plain sync.
+    given = [name for name in ("dp_clip", "dp_noise", "dp_delta")
+             if getattr(args, name) is not None]
+    if not given:
+        return
+    if args.dp_clip is None or args.dp_noise is None:
+        raise UsageError(f"--{given[0].replace('_', '-')} needs both --dp-clip and "
+                         "--dp-noise (DP-SGD)")
+    if args.optimizer != "sync" or args.compression is not None:
+        raise UsageError(f"--dp-clip/--dp-noise work with --optimizer sync and no "
+                         f"--compression, not {args.optimizer}"
+                         + (f" with {args.compression}" if args.compression else "")
+                         + ", because the noise goes on the exact average of the gradients")
+    if args.dp_delta is None:
+        args.dp_delta = 1e-5
+    try:
+        check_number("--dp-clip", args.dp_clip, low=0.0, low_open=True)
+        check_number("--dp-noise", args.dp_noise, low=0.0, low_open=True)
+        check_number("--dp-delta", args.dp_delta, low=0.0, high=1.0, low_open=True,
+                     high_open=True)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _check_hyperparameters(args):
@@ -226,16 +266,28 @@ def _read_digits():
     return np.column_stack([x, y])
 
 
-def build_optimizer(args, model, comm):
-    """Return the optimizer ``--optimizer`` names, on ``model``'s parameters."""
+def build_optimizer(args, model, comm, *, dataset_size=None):
+    """Return the optimizer ``--optimizer`` names, on ``model``'s parameters.
+
+    ``dataset_size`` (training samples) is needed with ``--dp-clip``.
+    """
     hyper = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay}
     if args.optimizer == "sync":
         return SyncSGD(model.flat, comm, algorithm=args.algorithm,
-                       compression=_codec(args), overlap=args.overlap, **hyper)
+                       compression=_codec(args), overlap=args.overlap,
+                       dp=_dp_config(args, dataset_size), **hyper)
     if args.optimizer == "ps":
         return ParameterServerSGD(model.flat, comm, **hyper)
     group = args.group_size if args.optimizer == "partial" else comm.Get_size()
     return PartialSyncSGD(model.flat, comm, group_size=group, period=args.period, **hyper)
+
+
+def _dp_config(args, dataset_size):
+    # The DP-SGD settings --dp-clip / --dp-noise ask for (None: no DP).
+    if args.dp_clip is None:
+        return None
+    return DPConfig(clip_norm=args.dp_clip, noise_multiplier=args.dp_noise,
+                    batch_size=args.batch_size, dataset_size=dataset_size, seed=args.seed)
 
 
 def _codec(args):
@@ -255,7 +307,10 @@ class _Job:
         self.model = MLP([self.x.shape[1], *args.hidden, 10], seed=args.seed,
                          bucket_bytes=args.bucket_bytes)
         broadcast_parameters(self.model.flat, comm)
-        self.opt = build_optimizer(args, self.model, comm)
+        if args.dp_clip is not None and args.batch_size > len(self.y):
+            raise UsageError(f"--batch-size {args.batch_size} is larger than the "
+                             f"{len(self.y)} training samples, which DP-SGD needs")
+        self.opt = build_optimizer(args, self.model, comm, dataset_size=len(self.y))
         self.local_batch = args.batch_size // self.size
         self.slow = args.slow_factor - 1.0 if args.slow_rank == self.rank else 0.0
         self.stop = _StopFlag(comm) if args.optimizer == "partial" else None
@@ -326,9 +381,12 @@ class _Job:
 
     def _epoch(self, epoch):
         # One pass over this rank's shard; None if told to stop.
-        indices = shard(len(self.y), self.rank, self.size, epoch=epoch, seed=self.args.seed)
+        dp = self.args.dp_clip is not None  # DP: each sample once, whole batches only
+        indices = shard(len(self.y), self.rank, self.size, epoch=epoch, seed=self.args.seed,
+                        drop_last=dp)
         first = self.resume_at[1] if epoch == self.resume_at[0] else 0
-        starts = range(0, len(indices), self.local_batch)
+        end = len(indices) - (len(indices) % self.local_batch if dp else 0)
+        starts = range(0, end, self.local_batch)
         losses = []
         for position, k in enumerate(starts):
             if position < first:
@@ -346,8 +404,12 @@ class _Job:
         # Forward/backward (slowed on the slow rank), then the optimizer.
         t0 = time.perf_counter()
         with self._span("forward/backward"):
-            loss = self.model.loss_and_grad(self.x[batch], self.y[batch],
-                                            grad_ready=self.ready)
+            if self.args.dp_clip is not None:  # mean of clipped per-sample gradients
+                loss = clipped_loss_and_grad(self.model, self.x[batch], self.y[batch],
+                                             clip_norm=self.args.dp_clip)
+            else:
+                loss = self.model.loss_and_grad(self.x[batch], self.y[batch],
+                                                grad_ready=self.ready)
         if self.slow:
             time.sleep(self.slow * (time.perf_counter() - t0))
         with self._span("step"):
@@ -389,7 +451,16 @@ class _Job:
                 "rank0_accuracy": rank0_accuracy,
                 "final_accuracy": self.model.accuracy(self.x_test, self.y_test),
                 "time_to_target_s": reached[0]["elapsed_s"] if reached else None,
-                "bytes_per_step": self._bytes_per_step()}
+                "bytes_per_step": self._bytes_per_step(), "dp": self._dp_summary()}
+
+    def _dp_summary(self):
+        # The privacy spent (rank 0 asks the accountant; None without DP).
+        if self.args.dp_clip is None or self.rank != 0:
+            return None
+        return {"clip_norm": self.args.dp_clip, "noise_multiplier": self.args.dp_noise,
+                "steps": self.opt.steps, "sample_rate": self.opt.dp.sample_rate,
+                "delta": self.args.dp_delta,
+                "epsilon": self.opt.epsilon(delta=self.args.dp_delta)}
 
     def _bytes_per_step(self):
         # Rank 0's gradient bytes on the wire per step (sync only).
@@ -468,7 +539,10 @@ def _print_summary(s, target):
           f"test accuracy {100 * s['final_accuracy']:.2f}% (averaged model), "
           f"{100 * s['rank0_accuracy']:.2f}% (rank 0's); {to}"
           + (f"; {s['bytes_per_step']:,.0f} bytes/step sent per rank"
-             if s["bytes_per_step"] is not None else ""), flush=True)
+             if s["bytes_per_step"] is not None else "")
+          + (f"; DP epsilon {s['dp']['epsilon']:.2f} at delta {s['dp']['delta']:g} "
+             f"(noise {s['dp']['noise_multiplier']:g}, clip {s['dp']['clip_norm']:g}, "
+             f"{s['dp']['steps']} steps)" if s.get("dp") else ""), flush=True)
 
 
 def main(argv=None, comm=MPI.COMM_WORLD):
@@ -480,7 +554,12 @@ def main(argv=None, comm=MPI.COMM_WORLD):
             print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
         return 2
     _limit_blas_threads()
-    job = _Job(args, comm)
+    try:
+        job = _Job(args, comm)  # every rank finds the same data-dependent error
+    except UsageError as error:
+        if comm.Get_rank() == 0:
+            print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
+        return 2
     try:
         summary = job.run()
     except _SignalStopError as stopped:

@@ -121,8 +121,13 @@ def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path, unin
     directory = tmp_path / "ckpt"
     directory.mkdir()
     job = _start(["--checkpoint-dir", str(directory), "--checkpoint-every", "1000"])
-    time.sleep(3.0)  # well into training (the job needs ~2 s to start)
+    deadline = time.monotonic() + 60
     victims = _rank_pids(str(directory))
+    while not (len(victims) == 4 and all(map(_catches_sigterm, victims))):
+        assert time.monotonic() < deadline, victims
+        time.sleep(0.05)
+        victims = _rank_pids(str(directory))
+    time.sleep(random.uniform(0.0, 0.3))  # a random step
     for pid in victims:  # as a batch system's SIGTERM reaches every rank
         os.kill(pid, signal.SIGTERM)
     output, _ = job.communicate(timeout=120)
@@ -169,6 +174,16 @@ def test_survivors_name_the_killed_rank(tmp_path):
                               output))
     assert speakers == {str(rank) for rank in range(4)} - {str(killed)}, output[-3000:]
     assert _no_orphans(str(directory))
+
+
+def _catches_sigterm(pid):
+    # The job installed its SIGTERM handler (bit 15 of the caught-signals mask).
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(mask, 16) & 1 << (signal.SIGTERM - 1))
 
 
 def _rank_of(pid):

@@ -59,3 +59,12 @@ def rank_data(comm, count, dtype, *, seed=0, positive=False):
     if positive:
         return (1.0 + 0.05 * rng.random(count)).astype(dtype)
     return rng.standard_normal(count).astype(dtype)
+
+
+def assert_same_on_every_rank(array, comm):
+    """Assert that ``array`` holds the same bytes on every rank of ``comm``."""
+    table = np.empty((comm.Get_size(), array.size), dtype=array.dtype)
+    comm.Allgather(array, table)
+    for r in range(comm.Get_size()):
+        assert table[r].tobytes() == array.tobytes(), (
+            f"rank {comm.Get_rank()}: parameters differ from rank {r}")

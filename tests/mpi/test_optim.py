@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import assert_same_on_every_rank
 from mpi4py import MPI
 
 import collectives
@@ -56,14 +57,6 @@ def reference_run(hyper, steps=STEPS, *, ignore_momentum=False):
         v = m * v + d
         p -= lr * (d + m * v if nesterov else v)
     return p.copy()
-
-
-def assert_same_on_every_rank(array, comm):
-    table = np.empty((comm.Get_size(), array.size), dtype=array.dtype)
-    comm.Allgather(array, table)
-    for r in range(comm.Get_size()):
-        assert table[r].tobytes() == array.tobytes(), (
-            f"rank {comm.Get_rank()}: parameters differ from rank {r}")
 
 
 def make_model(comm, *, bucket_bytes=None):
