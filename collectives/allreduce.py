@@ -97,7 +97,7 @@ def _auto(buf, comm, op, check, timeout):
         return buf
     layout = comm.Get_attr(_LAYOUT_KEY)
     if layout is None:  # first call on comm: split by node (collective)
-        layout = node_layout(comm)
+        layout = node_layout(comm, operation="allreduce", timeout=timeout)
         comm.Set_attr(_LAYOUT_KEY, layout)
     name = choose_algorithm(buf.nbytes, comm.Get_size(), nodes=layout.nodes)
     if name == "shm":

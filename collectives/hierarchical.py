@@ -50,7 +50,8 @@ def hierarchical_allreduce(buf, comm, *, op="sum", check=True, timeout=None,
     """
     reduction = prepare_local("hierarchical_allreduce", buf, comm, op=op,
                               timeout=timeout)
-    layout = node_layout(comm, ranks_per_node=ranks_per_node)
+    layout = node_layout(comm, ranks_per_node=ranks_per_node,
+                         operation="hierarchical_allreduce", timeout=timeout)
     return run(buf, comm, reduction, layout, operation="hierarchical_allreduce",
                check=check, timeout=timeout)
 

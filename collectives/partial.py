@@ -35,8 +35,8 @@ from collectives._chunks import chunk_bounds
 from collectives._numbers import check_positive
 from collectives._ops import DTYPES, check_buffer, kernel_view, resolve_op
 from collectives._scratch import scratch
-from collectives._wait import resolve_timeout, wait_all
-from collectives.errors import CollectiveMismatchError
+from collectives._wait import Deadline, resolve_timeout, wait_all
+from collectives.errors import CollectiveMismatchError, CollectiveTimeoutError
 from collectives.timeline import phase
 from collectives.tree import _bcast, _reduce
 
@@ -197,18 +197,46 @@ def _crc(values):
 
 def _raise_disagreement(link, fields):
     # Error path only: every member sends its values to every other member.
+    # Members may disagree on who the members are, so some may never
+    # answer: wait politely, and report the values of those that did.
     shown = [f[2] for f in fields]
     others = [r for r in link.group if r != link.comm.Get_rank()]
     sends = [link.comm.isend(shown, r, _ERROR_TAG) for r in others]
-    table = {r: link.comm.recv(source=r, tag=_ERROR_TAG) for r in others}
-    MPI.Request.waitall(sends)
+    table = _answers(link, others)
+    if not MPI.Request.Testall(sends):  # a non-member never receives
+        for request in sends:
+            request.Cancel()
+    missing = [r for r in others if r not in table]
     table[link.comm.Get_rank()] = shown
     parts = []
     for j, (label, _, _) in enumerate(fields):
         column = [(r, table[r][j]) for r in sorted(table)]
         if any(v != column[0][1] for _, v in column):
             parts.append(f"{label}: " + ", ".join(f"rank {r} has {v}" for r, v in column))
-    raise CollectiveMismatchError(f"{_OPERATION}: members disagree on " + "; ".join(parts))
+    silent = f" (no answer from rank(s) {missing})" if missing else ""
+    raise CollectiveMismatchError(f"{_OPERATION}: members disagree on "
+                                  + "; ".join(parts) + silent)
+
+
+def _answers(link, others):
+    # The values each of ``others`` sent, as many as arrive within the timeout.
+    requests = {r: link.comm.irecv(source=r, tag=_ERROR_TAG) for r in others}
+    table = {}
+    deadline = Deadline(_OPERATION, timeout=link.timeout, comm=link.comm)
+    while True:
+        for r, request in list(requests.items()):
+            done, value = request.test()
+            if done:
+                table[r] = value
+                del requests[r]
+        if not requests:
+            return table
+        try:
+            deadline.pause(sorted(requests))
+        except CollectiveTimeoutError:
+            for request in requests.values():
+                request.Cancel()
+            return table
 
 
 # -------------------------------------------------------------- algorithms ---

@@ -58,7 +58,7 @@ def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     check is free and always done.
     """
     reduction = prepare_local("shm_allreduce", buf, comm, op=op, timeout=timeout)
-    layout = node_layout(comm, ranks_per_node=0)
+    layout = node_layout(comm, ranks_per_node=0, operation="shm_allreduce", timeout=timeout)
     if layout.nodes > 1:
         raise ValueError(f"shm_allreduce needs all ranks on one node, but the "
                          f"{comm.Get_size()} ranks span {layout.nodes} nodes; use "

@@ -51,6 +51,7 @@ class CheckpointManager:
 
     def __init__(self, directory, *, keep=3, prefix="ckpt"):
         self.directory = Path(directory)
+        self.skipped = []
         if not self.directory.is_dir():
             raise FileNotFoundError(f"checkpoint directory {str(self.directory)!r} "
                                     "does not exist")
@@ -87,13 +88,21 @@ class CheckpointManager:
             old.unlink()
         return final
 
-    def load_latest(self):
-        """Return ``(arrays, meta)`` of the newest valid checkpoint, or None."""
+    def load_latest(self, *, warn=True):
+        """Return ``(arrays, meta)`` of the newest valid checkpoint, or None.
+
+        A file that is damaged or cannot be read is skipped, with a warning
+        unless ``warn`` is false; ``self.skipped`` lists ``(name, reason)``
+        of the files skipped by the last call.
+        """
+        self.skipped = []
         for path in reversed(self.paths()):
             try:
                 return load(path)
-            except CheckpointError as error:
-                _LOG.warning("skipping checkpoint %s: %s", path, error)
+            except (CheckpointError, OSError) as error:
+                self.skipped.append((path.name, str(error)))
+                if warn:
+                    _LOG.warning("skipping checkpoint %s: %s", path.name, error)
         return None
 
 

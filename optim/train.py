@@ -172,6 +172,7 @@ def _check_args(args, size):
     if not 0.0 < args.topk_density <= 1.0:
         raise UsageError(f"--topk-density must be in (0, 1], got {args.topk_density}")
     _check_checkpoint_args(args)
+    _check_output_paths(args)
     _check_dp_args(args)
     if not 0.0 < args.target <= 1.0:
         raise UsageError(f"--target must be in (0, 1], got {args.target}")
@@ -181,6 +182,16 @@ def _check_args(args, size):
         raise UsageError(f"--hidden must be comma-separated ints, got {args.hidden!r}") from None
     if min(args.hidden) < 1:
         raise UsageError(f"--hidden widths must be >= 1, got {args.hidden}")
+
+
+def _check_output_paths(args):
+    # Files written after training: their folder must exist before it starts.
+    for option in ("save_params", "json"):
+        path = getattr(args, option)
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise UsageError(f"--{option.replace('_', '-')} {path!r}: directory "
+                             f"{folder!r} does not exist")
 
 
 def _check_checkpoint_args(args):
@@ -326,9 +337,18 @@ class _Job:
 
     def _resume(self):
         # Every rank reads the newest valid checkpoint (a shared directory).
-        found = self.checkpoints.load_latest()
+        found = self.checkpoints.load_latest(warn=False)
+        skipped = self.checkpoints.skipped
         if found is None:
+            if skipped:  # start over only where nothing was saved yet
+                raise UsageError(f"--resume: none of the {len(skipped)} checkpoint(s) in "
+                                 f"{self.args.checkpoint_dir!r} can be read (newest: "
+                                 f"{skipped[0][1]}); move them away to start over")
             return 0, 0
+        if self.rank == 0:
+            for name, reason in skipped:
+                print(f"optim.train: skipped checkpoint {name}: {reason}", file=sys.stderr,
+                      flush=True)
         arrays, meta = found
         self.model.flat.data[:] = arrays["params"]
         state = dict(meta["optimizer"], momentum_buffer=arrays.get("momentum_buffer"))

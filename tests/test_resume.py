@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from launch import ROOT, mpiexec, run_mpi
+from launch import ROOT, mpiexec, rank_of, rank_pids, run_mpi
 
 JOB = ["-m", "optim.train", "--optimizer", "sync", "--epochs", "8", "--hidden", "64",
        "--seed", "3"]
@@ -39,22 +39,6 @@ def _resume(directory, out):
     return np.load(out), int(match.group(1)) if match else 0
 
 
-def _rank_pids(marker):
-    # The python processes of the job (not mpiexec, not hydra's proxies).
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"python") and marker.encode() in b" ".join(argv):
-            pids.append(int(entry))
-    return pids
-
-
 def _start(extra, *, env=None, launcher=()):
     # Start a slowed 4-rank job in the background (rank 2 computes 40x slower).
     full_env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
@@ -67,9 +51,9 @@ def _start(extra, *, env=None, launcher=()):
 def _no_orphans(marker):
     # Every rank process of the job is gone shortly after mpiexec exits.
     deadline = time.monotonic() + 10
-    while _rank_pids(marker) and time.monotonic() < deadline:
+    while rank_pids(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not _rank_pids(marker)
+    return not rank_pids(marker)
 
 
 def test_sigkill_then_resume_is_bitwise_equal(tmp_path, uninterrupted):
@@ -80,7 +64,7 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path, uninterrupted):
     while not list(directory.glob("*.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(random.uniform(0.0, 0.3))  # a random later step
-    victims = _rank_pids(str(directory))
+    victims = rank_pids(str(directory))
     assert len(victims) == 4, victims
     killed_at = time.monotonic()
     os.kill(random.choice(victims), signal.SIGKILL)
@@ -109,8 +93,14 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path, uninterrupted):
 
 
 def test_bad_checkpoint_options_one_line(tmp_path):
+    unreadable = tmp_path / "unreadable"
+    (unreadable / "ckpt-0000000020.ckpt").mkdir(parents=True)  # not a readable file
     for extra, words in [(["--resume"], "--resume needs --checkpoint-dir"),
-                         (["--checkpoint-dir", str(tmp_path / "nope")], "does not exist")]:
+                         (["--checkpoint-dir", str(tmp_path / "nope")], "does not exist"),
+                         (["--save-params", str(tmp_path / "nope" / "p.npy")],
+                          "does not exist"),
+                         (["--checkpoint-dir", str(unreadable), "--resume"],
+                          "none of the 1 checkpoint(s)")]:
         result = run_mpi(2, JOB + extra, timeout=60)
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if "optim.train" in line]
@@ -122,11 +112,11 @@ def test_sigterm_writes_a_checkpoint_then_resume_is_bitwise_equal(tmp_path, unin
     directory.mkdir()
     job = _start(["--checkpoint-dir", str(directory), "--checkpoint-every", "1000"])
     deadline = time.monotonic() + 60
-    victims = _rank_pids(str(directory))
+    victims = rank_pids(str(directory))
     while not (len(victims) == 4 and all(map(_catches_sigterm, victims))):
         assert time.monotonic() < deadline, victims
         time.sleep(0.05)
-        victims = _rank_pids(str(directory))
+        victims = rank_pids(str(directory))
     time.sleep(random.uniform(0.0, 0.3))  # a random step
     for pid in victims:  # as a batch system's SIGTERM reaches every rank
         os.kill(pid, signal.SIGTERM)
@@ -161,7 +151,7 @@ def test_survivors_name_the_killed_rank(tmp_path):
     deadline = time.monotonic() + 60
     while not list(directory.glob("*.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.01)  # every rank is past MPI_Init and training
-    by_rank = {_rank_of(pid): pid for pid in _rank_pids(str(directory))}
+    by_rank = {rank_of(pid): pid for pid in rank_pids(str(directory))}
     assert sorted(by_rank) == [0, 1, 2, 3], by_rank
     killed = random.randrange(4)
     killed_at = time.monotonic()
@@ -184,10 +174,3 @@ def _catches_sigterm(pid):
     except (OSError, StopIteration):
         return False
     return bool(int(mask, 16) & 1 << (signal.SIGTERM - 1))
-
-
-def _rank_of(pid):
-    # The MPI rank of a process, from the PMI environment hydra gives it.
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    return int(env[b"PMI_RANK"])

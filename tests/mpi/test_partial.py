@@ -121,6 +121,25 @@ def test_member_mismatch_raises_on_members(world):
     world.Barrier()
 
 
+def test_members_disagreeing_on_membership_fail_without_hanging(world):
+    # Rank 0 names [0, 1], ranks 1 and 2 name [0, 1, 2]: rank 0 and rank 1
+    # find the mismatch; rank 2 waits for rank 0 until its timeout.
+    if world.Get_size() < 3:
+        pytest.skip("needs three ranks")
+    rank = world.Get_rank()
+    members = [0, 1] if rank == 0 else [0, 1, 2]
+    if rank == 2:
+        with pytest.raises(C.CollectiveTimeoutError, match="rank.s. 0"):
+            C.partial_reduce(np.ones(5), world.Dup(), members, timeout=0.3)
+    elif rank < 2:
+        with pytest.raises(C.CollectiveMismatchError,
+                           match=r"members: rank 0 has \[0, 1\], rank 1 has \[0, 1, 2\]"):
+            C.partial_reduce(np.ones(5), world.Dup(), members, timeout=0.3)
+    else:
+        world.Dup()
+    world.Barrier()
+
+
 @pytest.mark.parametrize("members, error, words", [
     ([0, 0], ValueError, r"members lists rank\(s\) \[0\] more than once"),
     ([-1], ValueError, "member rank -1 is out of range for a communicator of size"),

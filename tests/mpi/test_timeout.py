@@ -45,3 +45,22 @@ def test_bad_timeout_values(world):
         C.ring_allreduce(np.ones(3), world, timeout=-1)
     with pytest.raises(TypeError, match="timeout must be a number"):
         C.tree_bcast(np.ones(3), world, timeout="soon")
+
+
+@pytest.mark.parametrize("others", ["skip", "ring"])
+def test_absent_from_the_first_auto_call_is_named(world, others):
+    # The first "auto" call on a communicator splits it by node, a blocking
+    # MPI collective: the arrival check before it must name the absent rank.
+    size = world.Get_size()
+    if size == 1:
+        pytest.skip("needs two ranks")
+    comm = world.Dup()
+    absent = size - 1
+    if world.Get_rank() != absent:
+        with pytest.raises(C.CollectiveTimeoutError) as info:
+            C.allreduce(np.ones(10), comm, timeout=0.3)
+        assert info.value.peers == (absent,)
+    elif others == "ring":
+        with pytest.raises(C.CollectiveTimeoutError):
+            C.ring_allreduce(np.ones(10), comm, timeout=0.3)
+    world.Barrier()
