@@ -524,8 +524,6 @@ _MISMATCH_TESTS = {
     "dtype (allreduce)": "tests/mpi/test_bad_input.py::test_dtype_mismatch",
     "op (allreduce)": "tests/mpi/test_bad_input.py::test_op_and_root_mismatch",
     "root (tree_reduce)": "tests/mpi/test_bad_input.py::test_op_and_root_mismatch",
-    "algorithm (allreduce auto vs ring, after a first auto call)":
-        "tests/mpi/test_bad_input.py::test_algorithm_mismatch_with_auto",
     "members (partial_reduce)": "tests/mpi/test_partial.py::"
                                 "test_member_mismatch_raises_on_members",
 }

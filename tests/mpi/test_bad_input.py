@@ -104,19 +104,3 @@ def test_still_usable_after_errors(world):
     x = np.ones(7)
     C.allreduce(x, world)
     assert np.all(x == world.Get_size())
-
-
-@pytest.mark.parametrize("count", [10, 100_000])
-@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "rd", "shm"])
-def test_algorithm_mismatch_with_auto(world, name, count):
-    # Rank 1 names an algorithm, the others use "auto": every rank raises
-    # at once (not a timeout), and the communicator stays usable.
-    if world.Get_size() == 1:
-        pytest.skip("needs two ranks")
-    algorithm = name if world.Get_rank() == 1 else "auto"
-    _on_every_rank_raises(
-        lambda: C.allreduce(np.ones(count), world, algorithm=algorithm, timeout=30),
-        f"operation: rank 0 has allreduce, rank 1 has allreduce/{name}")
-    buf = np.ones(count)
-    C.allreduce(buf, world)
-    assert np.all(buf == world.Get_size())
