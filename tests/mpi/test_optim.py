@@ -256,3 +256,21 @@ def test_partial_bad_options(comm):
         optim.PartialSyncSGD(model.flat, comm, lr=0.1, group_size=1, period=0)
     with pytest.raises(ValueError, match="group_size must be >= 1"):
         optim.PartialSyncSGD(model.flat, comm, lr=0.1, group_size=0)
+
+
+def test_sync_sgd_times_out_naming_the_absent_rank(world):
+    # The last rank never steps: every other rank's step raises the
+    # timeout error naming it, instead of waiting forever.
+    size = world.Get_size()
+    if size == 1:
+        pytest.skip("needs two ranks")
+    comm = world.Dup()
+    absent = size - 1
+    model = make_model(comm)
+    opt = optim.SyncSGD(model.flat, comm, lr=0.1, timeout=0.3)
+    if comm.Get_rank() != absent:
+        model.flat.grad[:] = 1.0
+        with pytest.raises(collectives.CollectiveTimeoutError) as info:
+            opt.step()
+        assert absent in info.value.peers
+    world.Barrier()
