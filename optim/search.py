@@ -44,7 +44,7 @@ import collectives
 from optim.mlp import MLP
 from optim.sgd import SyncSGD, broadcast_parameters
 from optim.shard import shard
-from optim.train import UsageError, load_digits
+from optim.train import UsageError, load_digits, usage_error
 
 __all__ = ["configurations", "main", "train_configuration"]
 
@@ -226,9 +226,7 @@ def main(argv=None, comm=MPI.COMM_WORLD):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, comm.Get_size())
     except UsageError as error:
-        if comm.Get_rank() == 0:
-            print(f"optim.search: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return usage_error("optim.search", error, comm)
     if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
         raise RuntimeError("optim.search needs MPI_THREAD_MULTIPLE: rank 0 serves the "
                            "queue from a thread")

@@ -565,21 +565,21 @@ def _print_summary(s, target):
              f"{s['dp']['steps']} steps)" if s.get("dp") else ""), flush=True)
 
 
+def usage_error(program, error, comm):
+    """Print a bad option once, as one line (rank 0); return exit status 2."""
+    if comm.Get_rank() == 0:
+        print(f"{program}: error: {error}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv=None, comm=MPI.COMM_WORLD):
     """Run the job; return the exit status."""
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, comm.Get_size())
+        _limit_blas_threads()
+        job = _Job(args, comm)  # every rank finds the same data-dependent errors
     except UsageError as error:
-        if comm.Get_rank() == 0:
-            print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
-        return 2
-    _limit_blas_threads()
-    try:
-        job = _Job(args, comm)  # every rank finds the same data-dependent error
-    except UsageError as error:
-        if comm.Get_rank() == 0:
-            print(f"optim.train: error: {error}", file=sys.stderr, flush=True)
-        return 2
+        return usage_error("optim.train", error, comm)
     try:
         summary = job.run()
     except _SignalStopError as stopped:
