@@ -363,7 +363,7 @@ class _Job:
         # Rank 0 saves the state after a step (every N steps, or when any rank
         # got SIGTERM/SIGINT: the ranks agree on that with a 4-byte all-reduce,
         # so all stop after the same step); all ranks hold the same state.
-        self.signalled[0] = max(self.signalled[0], self.stop_signal.received)
+        self.signalled[0] = self.stop_signal.received  # 0 until a signal came
         collectives.allreduce(self.signalled, self.comm, op="max")
         stopping = int(self.signalled[0])
         if self.rank == 0 and (stopping or self.steps % self.args.checkpoint_every == 0):
