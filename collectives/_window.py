@@ -45,6 +45,8 @@ _HEADERS = COUNTERS * _LINE
 _SMALL = _HEADERS + 2 * HEADER_BYTES
 _LARGE = _SMALL + 2 * SMALL_BYTES
 _PAGE = 4096
+#: Counter polls between two calls into MPI's progress engine.
+_POKE_EVERY = 16
 
 
 class SharedWindow:
@@ -112,13 +114,28 @@ class SharedWindow:
             if K.all_at_least(words, index, step, self.size, value):
                 self.win.Sync()
                 return
+            if i % _POKE_EVERY == 0:
+                self.poke()
             if i >= self.yield_after:
                 os.sched_yield()
         deadline = Deadline(operation, timeout=timeout, comm=self.comm)
         while not K.all_at_least(words, index, step, self.size, value):
+            self.poke()
             deadline.pause([q for q in range(self.size)
                             if words[index + q * step] < value])
         self.win.Sync()
+
+    def poke(self):
+        """Let MPI make progress on this rank's messages while it polls memory.
+
+        A peer may still wait on a message this rank already received: a
+        large send completes only when the receiver's MPI acknowledges it,
+        which MPICH does from its progress engine.  A rank polling counters
+        never enters MPI, so without this the peer, finishing that send
+        before it publishes its counter, waits forever (seen: a 64 MiB
+        pipelined ring followed by a small all-reduce).
+        """
+        self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
 
     def release(self):
         """Free the window (collective)."""

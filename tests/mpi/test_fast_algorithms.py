@@ -77,6 +77,22 @@ def test_shm_many_calls_back_to_back(comm):
         assert np.all(x == sum(range(size)) + size * i), i
 
 
+def test_window_wait_lets_large_sends_finish(world):
+    # A 64 MiB ring's last sends complete only once the receiver's MPI
+    # acknowledges them; a rank that moved on to poll the shared window
+    # must still drive MPI's progress, or its peer waits there forever.
+    rank, size = world.Get_rank(), world.Get_size()
+    big = np.empty(16 << 20, dtype=np.float32)
+    small = np.empty(4, dtype=np.float32)
+    for i in range(16):  # it hung at a random call, the 3rd to the 10th
+        big.fill(rank + 1)
+        small.fill(rank)
+        C.allreduce(big, world, algorithm="pipelined", timeout=20)
+        C.allreduce(small, world, timeout=20)  # auto: the shared window
+        assert big[0] == big[-1] == size * (size + 1) // 2, i
+        assert np.all(small == size * (size - 1) // 2), i
+
+
 def test_rd_fold_in_and_both_paths(comm):
     for count in (1, 7, recursive_doubling.FUSED_MAX_BYTES // 4,
                   recursive_doubling.FUSED_MAX_BYTES // 4 + 1, 33_333):
