@@ -8,6 +8,9 @@ has one (the shared-memory and recursive-doubling small paths: no extra
 message); other choices get one header-only exchange of the same kind
 first, so ranks that pick different algorithms because their counts
 differ still meet in the same first exchange and all raise the mismatch.
+A named ``algorithm=`` makes the same exchange (its header names the
+algorithm), so ranks that asked for different algorithms, "auto" included,
+raise a mismatch too instead of waiting for each other until the timeout.
 """
 
 from mpi4py import MPI
@@ -87,7 +90,40 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     if implementation is None:
         raise ValueError(f"unknown algorithm {algorithm!r}; use one of "
                          + ", ".join(repr(a) for a in ALGORITHMS))
-    return implementation(buf, comm, op=op, check=check, timeout=timeout)
+    if not check or comm.Get_size() == 1:
+        return implementation(buf, comm, op=op, check=check, timeout=timeout)
+    return _named(buf, comm, algorithm, op, timeout)
+
+
+def _named(buf, comm, name, op, timeout):
+    # Check in auto's first exchange, with "allreduce/NAME" as the operation,
+    # so ranks that chose differently ("auto" included) meet there and all
+    # raise; shm on one node and rd across nodes carry it in their own.
+    reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
+    layout = _layout(comm, timeout)
+    options = dict(operation=f"allreduce/{name}", check=True, timeout=timeout)
+    if name == "shm" and layout.nodes == 1:
+        return shared_memory.run(buf, comm, reduction, **options)
+    if name == "rd" and layout.nodes > 1:
+        return recursive_doubling.run(buf, comm, reduction, **options)
+    _agree(buf, comm, reduction, layout, options["operation"], timeout)
+    return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
+
+
+def _layout(comm, timeout):
+    # comm's node layout; the first call on comm splits it (collective).
+    layout = comm.Get_attr(_LAYOUT_KEY)
+    if layout is None:
+        layout = node_layout(comm, operation="allreduce", timeout=timeout)
+        comm.Set_attr(_LAYOUT_KEY, layout)
+    return layout
+
+
+def _agree(buf, comm, reduction, layout, operation, timeout):
+    # A header-only exchange: the shared window on one node, else recursive doubling.
+    agree = (shared_memory.window_agreement if layout.nodes == 1
+             else recursive_doubling.header_agreement)
+    agree(buf, comm, reduction, operation=operation, timeout=timeout)
 
 
 def _auto(buf, comm, op, check, timeout):
@@ -95,10 +131,7 @@ def _auto(buf, comm, op, check, timeout):
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
     if comm.Get_size() == 1:
         return buf
-    layout = comm.Get_attr(_LAYOUT_KEY)
-    if layout is None:  # first call on comm: split by node (collective)
-        layout = node_layout(comm, operation="allreduce", timeout=timeout)
-        comm.Set_attr(_LAYOUT_KEY, layout)
+    layout = _layout(comm, timeout)
     name = choose_algorithm(buf.nbytes, comm.Get_size(), nodes=layout.nodes)
     if name == "shm":
         return shared_memory.run(buf, comm, reduction, operation="allreduce",
@@ -109,7 +142,5 @@ def _auto(buf, comm, op, check, timeout):
     if name == "hierarchical":
         return hierarchical.run(buf, comm, reduction, layout, **options)
     if check:
-        agree = (shared_memory.window_agreement if layout.nodes == 1
-                 else recursive_doubling.header_agreement)
-        agree(buf, comm, reduction, operation="allreduce", timeout=timeout)
+        _agree(buf, comm, reduction, layout, "allreduce", timeout)
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)

@@ -524,6 +524,8 @@ _MISMATCH_TESTS = {
     "dtype (allreduce)": "tests/mpi/test_bad_input.py::test_dtype_mismatch",
     "op (allreduce)": "tests/mpi/test_bad_input.py::test_op_and_root_mismatch",
     "root (tree_reduce)": "tests/mpi/test_bad_input.py::test_op_and_root_mismatch",
+    "algorithm (allreduce auto vs ring, after a first auto call)":
+        "tests/mpi/test_bad_input.py::test_algorithm_mismatch_with_auto",
     "members (partial_reduce)": "tests/mpi/test_partial.py::"
                                 "test_member_mismatch_raises_on_members",
 }
@@ -592,7 +594,7 @@ _HANGS = [
      "tests/mpi/test_timeout.py::test_absent_from_the_first_auto_call_is_named"),
     ("first-mismatch", "Ranks disagree: algorithm, rank 1 `ring`, others `auto`, as the "
      "communicator's first call",
-     "tests/mpi/test_timeout.py::test_absent_from_the_first_auto_call_is_named"),
+     "tests/mpi/test_bad_input.py::test_algorithm_mismatch_with_auto"),
     ("members", "Ranks disagree: members of `partial_reduce` (rank 0 passes [0, 1], ranks "
      "1 and 2 pass [0, 1, 2], rank 3 not called)",
      "tests/mpi/test_partial.py::test_members_disagreeing_on_membership_fail_without_hanging"),

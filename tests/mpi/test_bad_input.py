@@ -104,3 +104,24 @@ def test_still_usable_after_errors(world):
     x = np.ones(7)
     C.allreduce(x, world)
     assert np.all(x == world.Get_size())
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["later", "first-call"])
+@pytest.mark.parametrize("count", [10, 100_000])
+@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "rd", "shm", "hierarchical"])
+def test_algorithm_mismatch_with_auto(world, name, count, first):
+    # Rank 1 names an algorithm, the others use "auto": every rank raises
+    # at once (not a timeout), also as a communicator's first call, and the
+    # communicator stays usable.
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    comm = world.Dup() if first else world
+    algorithm = name if comm.Get_rank() == 1 else "auto"
+    _on_every_rank_raises(
+        lambda: C.allreduce(np.ones(count), comm, algorithm=algorithm, timeout=30),
+        f"operation: rank 0 has allreduce, rank 1 has allreduce/{name}")
+    buf = np.ones(count)
+    C.allreduce(buf, comm)
+    assert np.all(buf == comm.Get_size())
+    if first:
+        comm.Free()
