@@ -23,7 +23,7 @@ from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
-    "combine", "fold_rows", "step", "merge_header", "rows_equal", "all_at_least",
+    "combine", "fold_rows", "fold_ring", "step", "merge_header", "rows_equal", "all_at_least",
     "stage", "finish",
 ]
 
@@ -47,6 +47,10 @@ def _combine_args(v):
 
 def _fold_args(v):
     return v, v, nb.int64, nb.int64, nb.int64, nb.int64, v, nb.int64, nb.int64, nb.float64
+
+
+def _ring_args(v):
+    return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:])
 
 
 def _step_args(v):
@@ -81,8 +85,19 @@ def _pair_native(out, lo, hi, code, divisor):
             a, b = lo[i], hi[i]
             out[i] = a if (a > b or a != a) else b
     else:
+        d = _as_item(divisor, out)
         for i in range(out.size):
-            out[i] = (lo[i] + hi[i]) / divisor
+            out[i] = (lo[i] + hi[i]) / d
+
+
+def _as_item(value, array):
+    """Value as ``array``'s dtype (float32 avg divides in float32, as the ring does)."""
+
+
+@overload(_as_item, jit_options=dict(nogil=True))
+def _as_item_overload(value, array):
+    kind = array.dtype
+    return lambda value, array: kind(value)
 
 
 def _pair_f16(out, lo, hi, code, divisor):
@@ -131,6 +146,23 @@ def fold_rows(out, win, start, stride, nrows, mine_row, mine, code, last, diviso
         hi = mine if q == mine_row else win[start + q * stride:start + q * stride + n]
         _pair(out, lo, hi, last if q == nrows - 1 else code, divisor)
         lo = out
+
+
+@nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)
+def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor):
+    """Fold the rows in the ring all-reduce's order for a chunk that starts at row ``first``.
+
+    ``acc = row first``, then ``acc = row q op acc`` for q = first + 1,
+    first + 2, ... (cyclic): exactly the operands, in the order, of
+    :func:`collectives.ring_allreduce`, so the two give the same bits.
+    Row ``mine_row`` comes from ``mine``; ``out`` may alias only that row.
+    """
+    n = out.size
+    out[:] = mine if first == mine_row else win[start + first * stride:][:n]
+    for k in range(1, nrows):
+        q = (first + k) % nrows
+        lo = mine if q == mine_row else win[start + q * stride:start + q * stride + n]
+        _pair(out, lo, out, last if k == nrows - 1 else code, divisor)
 
 
 @nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)

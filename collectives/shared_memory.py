@@ -16,12 +16,17 @@ All ranks of the communicator must share memory (one node).  Two modes:
   ``t - 2`` out of their owners' slots (OUT).  Each stage waits only for the counters it needs,
   so ranks overlap copy-in, reduction and copy-out, and a block is reused
   from cache while it is still there.  Every slice is reduced once, by
-  its owner, in rank order: the result is identical on every rank.
+  its owner, so the result is identical on every rank; and each element
+  is folded in the order in which :func:`collectives.ring_allreduce`
+  folds it (starting from the rank whose ring chunk holds it), so the
+  bits equal the ring's too and "auto" can pick either by speed.
 
 The agreement check is the small mode's header exchange (with no data
 for large calls, :func:`window_agreement`): every rank reads every rank's
 header, so a mismatch raises on all of them.
 """
+
+import numpy as np
 
 from collectives import _combine_kernels as K
 from collectives._agree import agreement_header, raise_disagreement
@@ -172,6 +177,9 @@ class _Stages:
         self.rank, self.size = window.rank, window.size
         self.stride = window.stride // self.item
         self.base = window.large_offset() // self.item
+        self.chunks = chunk_bounds(flat.size, self.size)[0]  # the ring's chunk starts
+        code, last = K.CODES[reduction.name]
+        self.codes = (code, last, float(self.size))
 
     def _span(self, b):
         start = b * self.block
@@ -199,14 +207,26 @@ class _Stages:
         self.window.wait(IN, g + 1, **self.wait)
         start, _, (starts, sizes) = self._span(b)
         lo, n = starts[self.rank], sizes[self.rank]
-        if n:
-            mine = self._slot(g, self.rank) + lo
-            out = self.typed[mine:mine + n]
-            user = self.flat[start + lo:start + lo + n]
-            fold_window(self.window, out, (self._slot(g, 0) + lo) * self.item,
-                  self.reduction, mine_row=self.rank, mine=user)
+        mine, row0 = self._slot(g, self.rank) + lo, self._slot(g, 0) + lo
+        for at, length, first in self._ring_pieces(start + lo, n):
+            out = self.typed[mine + at:mine + at + length]
+            user = self.flat[start + lo + at:start + lo + at + length]
+            K.fold_ring(out, self.typed, row0 + at, self.stride, self.size, first,
+                        self.rank, user, *self.codes)
             user[:] = out
         self.window.publish(REDUCED, g + 1)
+
+    def _ring_pieces(self, begin, n):
+        # (offset, length, ring chunk) of each part of elements begin .. begin + n
+        # that lies in one chunk of the ring all-reduce: folded in its order.
+        chunks, at = self.chunks, 0
+        c = int(np.searchsorted(chunks, begin, side="right")) - 1
+        while at < n:
+            end = chunks[c + 1] if c + 1 < len(chunks) else begin + n
+            length = min(n - at, end - begin - at)
+            if length > 0:
+                yield at, length, c
+            at, c = at + max(length, 0), c + 1
 
     def copy_out(self, g, b):
         # The other ranks' reduced slices, from their slots.
