@@ -294,7 +294,7 @@ def _row(setup, name, nbytes, count, iters, stats, base, check):
     algbw = nbytes / high / 1e9
     chose = None
     if setup.collective == "allreduce" and name == "auto":
-        chose = collectives.choose_algorithm(nbytes, size)
+        chose = collectives.auto_choice(setup.comm, nbytes)  # the tuner's, above 1 MiB
     return {"collective": setup.collective, "algorithm": name, "dtype": str(setup.dtype),
             "op": setup.op, "inplace": setup.inplace, "ranks": size, "bytes": nbytes,
             "count": count, "iters": iters, "time_avg_us": avg * 1e6,

@@ -39,7 +39,7 @@ def main(comm=MPI.COMM_WORLD):
             good = comm.allreduce(bool(np.allclose(out, reference, rtol=1e-4, atol=1e-4)),
                                   op=MPI.LAND)
             elapsed = base if algorithm == "mpi" else _time(algorithm, data.copy(), comm)
-            chose = collectives.choose_algorithm(nbytes, size) if algorithm == "auto" else ""
+            chose = collectives.auto_choice(comm, nbytes) if algorithm == "auto" else ""
             if rank == 0:
                 print(f"{nbytes:>10} {algorithm:>9} {chose:>5} {elapsed * 1e6:>10.1f} "
                       f"{elapsed / base:>7.2f} {'ok' if good else 'WRONG':>7}")

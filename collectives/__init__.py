@@ -4,7 +4,13 @@ All collectives work in place on C-contiguous, writeable NumPy arrays and
 take the communicator explicitly; options are keyword-only.
 """
 
-from collectives.allreduce import ALGORITHMS, allreduce, choose_algorithm
+from collectives.allreduce import (
+    ALGORITHMS,
+    TUNE_MIN_BYTES,
+    allreduce,
+    auto_choice,
+    choose_algorithm,
+)
 from collectives.errors import CollectiveMismatchError, CollectiveTimeoutError
 from collectives.hierarchical import hierarchical_allreduce
 from collectives.mpi import mpi_allreduce
@@ -25,7 +31,9 @@ __all__ = [
     "GroupRecord",
     "PARTIAL_ALGORITHMS",
     "PartialReducer",
+    "TUNE_MIN_BYTES",
     "allreduce",
+    "auto_choice",
     "choose_algorithm",
     "hierarchical_allreduce",
     "iallreduce",

@@ -7,7 +7,8 @@ contiguously), so the whole window is one NumPy array and rank ``q``'s
 byte ``i`` is at ``q * stride + i``.  A segment holds:
 
 - ``COUNTERS`` int64 progress counters, one per 64-byte cache line: a rank
-  only writes its own and reads its peers';
+  only writes its own and reads its peers' (CHOICE is no counter: rank 0
+  leaves there the algorithm it picked for a header exchange);
 - two 64-byte header slots and two small data slots (``SMALL_BYTES``
   each), used alternately by consecutive small calls (ARRIVE counts them);
 - a large area for the pipelined blocks, grown on demand.
@@ -32,16 +33,18 @@ from collectives._lifetime import cached, release_keyval
 from collectives._spin import SPIN, yield_after
 from collectives._wait import Deadline
 
-__all__ = ["SharedWindow", "shared_window", "ARRIVE", "IN", "REDUCED", "OUT",
+__all__ = ["SharedWindow", "shared_window", "ARRIVE", "IN", "REDUCED", "OUT", "CHOICE_AT",
            "SMALL_BYTES", "HEADER_BYTES"]
 
-ARRIVE, IN, REDUCED, OUT = range(4)
+ARRIVE, IN, REDUCED, OUT, CHOICE = range(5)
 COUNTERS = 8
 _LINE = 64
 HEADER_BYTES = 64
 #: Bytes of data a small call carries; larger calls use the large area.
 SMALL_BYTES = 16384
 _HEADERS = COUNTERS * _LINE
+#: Index in ``SharedWindow.words`` of rank 0's CHOICE word.
+CHOICE_AT = CHOICE * _LINE // 8
 _SMALL = _HEADERS + 2 * HEADER_BYTES
 _LARGE = _SMALL + 2 * SMALL_BYTES
 _PAGE = 4096

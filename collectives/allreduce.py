@@ -11,13 +11,26 @@ differ still meet in the same first exchange and all raise the mismatch.
 A named ``algorithm=`` makes the same exchange (its header names the
 algorithm), so ranks that asked for different algorithms, "auto" included,
 raise a mismatch too instead of waiting for each other until the timeout.
+
+On one node, from ``TUNE_MIN_BYTES`` on, "auto" does not trust the
+thresholds alone: the shared-memory pipeline's speed there changes with
+how the machine places the ranks (2-4x between runs of the same binary,
+see BENCHMARKS.md), while the ring's does not.  Rank 0 times both on live
+calls (:class:`collectives._tuner.Tuner`, per power-of-two size) and
+sends its pick in the agreement exchange, so every rank runs the same
+algorithm; both fold every element in the same order, so the pick never
+changes a result bit.  ``MPI_COLLECTIVES_TUNE=0`` keeps the thresholds.
 """
+
+import os
+import time
 
 from mpi4py import MPI
 
 from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout
 from collectives._prepare import prepare_local
+from collectives._tuner import Tuner
 from collectives.hierarchical import hierarchical_allreduce
 from collectives.mpi import mpi_allreduce
 from collectives.pipelined_ring import pipelined_ring_allreduce
@@ -26,12 +39,19 @@ from collectives.ring import ring_allreduce
 from collectives.shared_memory import shm_allreduce
 from collectives.tree import tree_allreduce
 
-__all__ = ["allreduce", "ALGORITHMS", "choose_algorithm"]
+__all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_MIN_BYTES"]
 
 #: algorithm names accepted by :func:`allreduce`.
 ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi")
 
 _LAYOUT_KEY = MPI.Comm.Create_keyval()  # comm -> its NodeLayout (owned by _nodes)
+_TUNER_KEY = MPI.Comm.Create_keyval()  # comm -> the Tuner of its large one-node calls
+
+#: From this size on one node "auto" times shm against the ring and runs
+#: the faster (collectives._tuner); below it shm always wins here.
+TUNE_MIN_BYTES = 1 << 20
+#: The candidates of the tuner, in the order of its choice codes.
+TUNED = ("shm", "ring")
 
 _IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduce,
                     "tree": tree_allreduce, "rd": rd_allreduce, "shm": shm_allreduce,
@@ -55,6 +75,8 @@ _IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduc
 # slower than the plain ring at every size (each segment is a separate
 # rendezvous and MPI moves data only inside MPI calls, so nothing overlaps
 # the Numba reduction), so "auto" does not use it.
+# With tuning on (the default) these two thresholds only seed the tuner's
+# first trial order at 1 MiB and above; see _tuned().
 SHM_MAX_BYTES = 4 << 20
 # Several nodes (not measurable on one machine; by design): recursive
 # doubling while data and agreement header fit one message, then the
@@ -79,10 +101,13 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     "rd" (recursive doubling), "shm" (shared memory, one node),
     "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
     library's own ``Allreduce``, as a baseline) or "auto" (by message
-    size and node layout, see :func:`choose_algorithm`).  "auto" splits
-    the communicator by node on its first call (collective); the
-    environment variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it
-    treat groups of that many ranks as nodes.
+    size and node layout, see :func:`choose_algorithm`; on one node from
+    ``TUNE_MIN_BYTES`` on, the faster of "shm" and "ring" as timed on
+    earlier calls, see :func:`auto_choice`).  "auto" splits the
+    communicator by node on its first call (collective); the environment
+    variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it treat groups of
+    that many ranks as nodes, and ``MPI_COLLECTIVES_TUNE=0`` turns the
+    timing off.
     """
     if algorithm == "auto":
         return _auto(buf, comm, op, check, timeout)
@@ -132,6 +157,8 @@ def _auto(buf, comm, op, check, timeout):
     if comm.Get_size() == 1:
         return buf
     layout = _layout(comm, timeout)
+    if check and layout.nodes == 1 and buf.nbytes >= TUNE_MIN_BYTES:
+        return _tuned(buf, comm, reduction, op, timeout)
     name = choose_algorithm(buf.nbytes, comm.Get_size(), nodes=layout.nodes)
     if name == "shm":
         return shared_memory.run(buf, comm, reduction, operation="allreduce",
@@ -144,3 +171,50 @@ def _auto(buf, comm, op, check, timeout):
     if check:
         _agree(buf, comm, reduction, layout, "allreduce", timeout)
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
+
+
+def _tuned(buf, comm, reduction, op, timeout):
+    # One node, large: rank 0 picks shm or ring from their times on earlier
+    # calls (or by the thresholds, with tuning off); the pick rides in the
+    # agreement exchange, so every rank runs it.  Both give the same bits.
+    tuner = _tuner(comm)
+    proposal = 0
+    if comm.Get_rank() == 0:
+        proposal = (tuner.propose(buf.nbytes) if tuner.enabled else
+                    TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size())))
+    picked = shared_memory.window_choice(buf, comm, reduction, proposal,
+                                         operation="allreduce", timeout=timeout)
+    start = time.perf_counter()
+    if TUNED[picked] == "shm":
+        shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,
+                          timeout=timeout)
+    else:
+        ring_allreduce(buf, comm, op=op, check=False, timeout=timeout)
+    tuner.record(buf.nbytes, picked, time.perf_counter() - start)
+    return buf
+
+
+def _tuner(comm):
+    # comm's tuner, made on the first tuned call; MPI_COLLECTIVES_TUNE=0
+    # (read on rank 0, whose choice counts) keeps the fixed thresholds.
+    tuner = comm.Get_attr(_TUNER_KEY)
+    if tuner is None:
+        tuner = Tuner(TUNED, enabled=os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0")
+        comm.Set_attr(_TUNER_KEY, tuner)
+    return tuner
+
+
+def auto_choice(comm, nbytes):
+    """Return the algorithm ``allreduce(algorithm="auto")`` ran last on ``comm`` for ``nbytes``.
+
+    Between ``TUNE_MIN_BYTES`` and any size on one node this is the run-time
+    tuner's pick (see :mod:`collectives._tuner`), the same on every rank;
+    elsewhere, and before the first such call, :func:`choose_algorithm`'s.
+    """
+    layout = comm.Get_attr(_LAYOUT_KEY)
+    nodes = 1 if layout is None else layout.nodes
+    static = choose_algorithm(nbytes, comm.Get_size(), nodes=nodes)
+    tuner = comm.Get_attr(_TUNER_KEY)
+    if tuner is None or nodes > 1 or nbytes < TUNE_MIN_BYTES:
+        return static
+    return tuner.chosen(nbytes) or static

@@ -36,6 +36,7 @@ from collectives._ops import kernel_view
 from collectives._prepare import collective_fields, prepare_local
 from collectives._window import (
     ARRIVE,
+    CHOICE_AT,
     IN,
     OUT,
     REDUCED,
@@ -44,8 +45,8 @@ from collectives._window import (
 )
 from collectives.timeline import phase
 
-__all__ = ["shm_allreduce", "window_agreement", "fold_window", "SMALL_BYTES", "BLOCK_BYTES",
-           "SLOTS"]
+__all__ = ["shm_allreduce", "window_agreement", "window_choice", "fold_window",
+           "SMALL_BYTES", "BLOCK_BYTES", "SLOTS"]
 
 #: Bytes per pipelined block (tuned by measurement, see allreduce.py).
 BLOCK_BYTES = 512 * 1024
@@ -97,13 +98,29 @@ def window_agreement(buf, comm, reduction, *, operation, timeout=None):
             _exchange(shared_window(comm), buf, None, reduction, operation, timeout)
 
 
-def _exchange(window, buf, flat, reduction, operation, timeout):
+def window_choice(buf, comm, reduction, proposal, *, operation, timeout=None):
+    """Check agreement with the header exchange; return rank 0's ``proposal``.
+
+    ``proposal`` (0 to 15) is read on rank 0 only: ranks that each time
+    their calls settle on one algorithm with no extra message.
+    """
+    with phase(comm, "agreement check"):
+        return _exchange(shared_window(comm), buf, None, reduction, operation, timeout,
+                         proposal=proposal)
+
+
+def _exchange(window, buf, flat, reduction, operation, timeout, *, proposal=0):
     # Small mode: header (and data, unless flat is None) into my slot,
     # wait for all, check headers, fold every rank's data into flat.  My
     # slot was last read in call sequence - 2, and every rank finished
     # that call before it arrived at sequence - 1, which I waited for.
+    # Rank 0 also leaves its proposal, stamped with the sequence, in one of
+    # two words by parity, like the slots: it may be one call ahead.
     header, fields = _header(window, operation, buf, reduction)
     sequence = window.sequence = window.sequence + 1
+    choice_at = CHOICE_AT + (sequence & 1)
+    if window.rank == 0:
+        window.words[choice_at] = sequence * 16 + proposal
     slot = sequence & 1
     words, stride = window.words, window.stride
     header_at = window.header_offset(slot) // 8
@@ -125,6 +142,11 @@ def _exchange(window, buf, flat, reduction, operation, timeout):
                        float(window.size), words, header_at, stride // 8, header.size)
     if not agree:
         raise_disagreement(window.comm, operation, fields)
+    stamped = int(window.words[choice_at])
+    if stamped // 16 != sequence:
+        raise RuntimeError(f"shared window out of step: rank 0's choice is for call "
+                           f"{stamped // 16}, this rank is at call {sequence}")
+    return stamped % 16
 
 
 def _header(window, operation, buf, reduction):

@@ -16,6 +16,7 @@ from test_allreduce import assert_identical_on_all_ranks, assert_reduced, gather
 import collectives as C
 from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout, ranks_per_node_from_env
+from collectives._tuner import Tuner
 from collectives._window import SMALL_BYTES, shared_window
 
 
@@ -70,6 +71,45 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
     _check(x, comm, op, lambda b: C.shm_allreduce(b, comm, op=op))
     C.ring_allreduce(ring, comm, op=op)
     assert x.tobytes() == ring.tobytes(), np.flatnonzero(x != ring)[:5]
+
+
+def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):
+    # Rank 0's tuner alone picks shm or the ring; every rank runs its pick
+    # (a proposal on another rank would be a bug: it fails the test), the
+    # bits equal the ring's whichever runs, and both get tried.
+    if world.Get_size() == 1 or node_layout(world).nodes > 1:
+        pytest.skip("tuning is for two or more ranks on one node")
+    comm, rank = world.Dup(), world.Get_rank()
+    if rank != 0:
+        monkeypatch.setattr(Tuner, "propose", lambda self, nbytes: pytest.fail("proposed"))
+    count = C.TUNE_MIN_BYTES // 8 + 13
+    runs = set()
+    for i in range(8):
+        x = rank_data(comm, count, "float64", seed=i)
+        ring = x.copy()
+        C.allreduce(x, comm)
+        C.ring_allreduce(ring, comm)
+        assert x.tobytes() == ring.tobytes(), i
+        runs.add(C.auto_choice(comm, x.nbytes))
+        assert comm.allgather(C.auto_choice(comm, x.nbytes)) == [C.auto_choice(
+            comm, x.nbytes)] * comm.Get_size()
+    assert runs == {"shm", "ring"}
+    comm.Free()
+
+
+def test_auto_tuning_off_keeps_the_thresholds(world, monkeypatch):
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    monkeypatch.setenv("MPI_COLLECTIVES_TUNE", "0")
+    comm, size = world.Dup(), world.Get_size()
+    nodes = node_layout(comm).nodes
+    for nbytes in (C.TUNE_MIN_BYTES, 8 << 20):
+        x = np.ones(nbytes // 4, dtype=np.float32)
+        for _ in range(7):
+            C.allreduce(x, comm)
+            assert C.auto_choice(comm, nbytes) == C.choose_algorithm(nbytes, size, nodes=nodes)
+        assert np.all(x == size ** 7)
+    comm.Free()
 
 
 def test_shm_window_grows(comm):

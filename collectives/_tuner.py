@@ -1,0 +1,107 @@
+"""Pick between algorithms by timing them on the calls themselves (run-time tuning).
+
+Which all-reduce is fastest for a large message on one node depends on
+the machine, and here even on its state: the shared-memory pipeline hands
+hot cache lines from core to core and ran at 0.55x MPI's time at 16 MiB
+one hour and at 1.7x the next, while the ring (one large copy per step)
+stayed put.  A fixed threshold is wrong half the time, so "auto" times
+its candidates on live calls, as STAR-MPI does for MPI's collectives
+(Faraj, Yuan and Lowenthal, ICS 2006): per message size (a power-of-two
+bucket) it tries every candidate ``TRIALS`` times, then runs the one with
+the smallest median of its last ``KEEP`` times, and runs each other
+candidate once every ``EXPLORE_EVERY`` calls so that a change in the
+machine is noticed.
+
+Only rank 0's tuner decides: its choice travels in the agreement
+exchange that starts the call, so every rank runs the same algorithm.
+"""
+
+from collections import deque
+from statistics import median
+
+__all__ = ["Tuner", "TRIALS", "KEEP", "EXPLORE_EVERY"]
+
+#: Calls of each candidate per size before the tuner trusts its times.
+TRIALS = 3
+#: Times kept per candidate and size (the median of these decides).
+KEEP = 5
+#: One call in this many retries a candidate that is not the best.
+EXPLORE_EVERY = 32
+
+
+class Tuner:
+    """Times of ``candidates`` per message size, and the choice they imply.
+
+    Parameters
+    ----------
+    candidates : sequence of str
+        Algorithm names; on a tie the earlier one wins.
+    enabled : bool
+        False: the caller picks by its own rule (and still records).
+
+    """
+
+    def __init__(self, candidates, *, enabled=True, trials=TRIALS, keep=KEEP,
+                 explore_every=EXPLORE_EVERY):
+        if len(candidates) < 1:
+            raise ValueError("a tuner needs at least one candidate")
+        if trials < 1 or keep < trials or explore_every < 2:
+            raise ValueError(f"need 1 <= trials <= keep and explore_every >= 2, got "
+                             f"trials={trials}, keep={keep}, explore_every={explore_every}")
+        self.candidates = tuple(candidates)
+        self.enabled = enabled
+        self.trials, self.keep, self.explore_every = trials, keep, explore_every
+        self._sizes = {}  # bucket -> _Bucket
+
+    def propose(self, nbytes):
+        """Return the index of the candidate to run next for ``nbytes``."""
+        bucket = self._bucket(nbytes)
+        fewest = min(range(len(self.candidates)), key=lambda i: len(bucket.times[i]))
+        if len(bucket.times[fewest]) < self.trials:
+            return fewest  # still trying each candidate
+        best = self._best(bucket)
+        if bucket.calls % self.explore_every == self.explore_every - 1:
+            others = [i for i in range(len(self.candidates)) if i != best]
+            if others:  # the one tried longest ago
+                return min(others, key=lambda i: bucket.last_tried[i])
+        return best
+
+    def record(self, nbytes, index, seconds):
+        """Note that candidate ``index`` took ``seconds`` for ``nbytes``."""
+        bucket = self._bucket(nbytes)
+        bucket.times[index].append(seconds)
+        bucket.last_tried[index] = bucket.calls
+        bucket.calls += 1
+        bucket.chosen = index
+
+    def chosen(self, nbytes):
+        """The candidate run last for ``nbytes`` (None before the first call)."""
+        bucket = self._sizes.get(nbytes.bit_length())
+        return None if bucket is None or bucket.chosen is None else self.candidates[bucket.chosen]
+
+    def best(self, nbytes):
+        """The candidate the times favour for ``nbytes`` (None while still trying)."""
+        bucket = self._sizes.get(nbytes.bit_length())
+        if bucket is None or any(len(t) < self.trials for t in bucket.times):
+            return None
+        return self.candidates[self._best(bucket)]
+
+    def _best(self, bucket):
+        return min(range(len(self.candidates)), key=lambda i: median(bucket.times[i]))
+
+    def _bucket(self, nbytes):
+        key = nbytes.bit_length()
+        bucket = self._sizes.get(key)
+        if bucket is None:
+            bucket = self._sizes[key] = _Bucket(len(self.candidates), self.keep)
+        return bucket
+
+
+class _Bucket:
+    """One message size's times, call count and last choice."""
+
+    def __init__(self, n, keep):
+        self.times = [deque(maxlen=keep) for _ in range(n)]
+        self.last_tried = [-1] * n
+        self.calls = 0
+        self.chosen = None

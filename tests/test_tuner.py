@@ -1,0 +1,53 @@
+"""The run-time tuner of "auto": trials, choice by median, exploration, change."""
+
+import pytest
+
+from collectives._tuner import Tuner
+
+MIB = 1 << 20
+
+
+def _run(tuner, nbytes, cost, calls):
+    # Make ``calls`` calls; cost[name] is the time of each candidate.
+    picks = []
+    for _ in range(calls):
+        i = tuner.propose(nbytes)
+        picks.append(tuner.candidates[i])
+        tuner.record(nbytes, i, cost[tuner.candidates[i]])
+    return picks
+
+
+def test_tries_each_candidate_then_runs_the_faster():
+    tuner = Tuner(("shm", "ring"), trials=3, explore_every=8)
+    picks = _run(tuner, 4 * MIB, {"shm": 2.0, "ring": 1.0}, 6)
+    assert sorted(picks) == ["ring"] * 3 + ["shm"] * 3
+    assert tuner.best(4 * MIB) == "ring"
+    picks = _run(tuner, 4 * MIB, {"shm": 2.0, "ring": 1.0}, 16)
+    assert picks.count("shm") == 2  # one call in 8 retries the slower one
+    assert tuner.chosen(4 * MIB) == picks[-1]
+
+
+def test_notices_when_the_machine_changes():
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 2.0}, 8)
+    assert tuner.best(MIB) == "shm"
+    _run(tuner, MIB, {"shm": 5.0, "ring": 2.0}, 12)  # shm got slow
+    assert tuner.best(MIB) == "ring"
+    assert _run(tuner, MIB, {"shm": 5.0, "ring": 2.0}, 3) == ["ring"] * 3
+
+
+def test_sizes_are_tuned_apart_and_outliers_do_not_decide():
+    tuner = Tuner(("shm", "ring"), trials=3)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 2.0}, 6)
+    _run(tuner, 64 * MIB, {"shm": 3.0, "ring": 2.0}, 6)
+    assert (tuner.best(MIB), tuner.best(64 * MIB)) == ("shm", "ring")
+    assert tuner.best(2 * MIB) is None and tuner.chosen(2 * MIB) is None
+    tuner.record(MIB, 0, 100.0)  # one slow call (a page fault storm) among fast ones
+    assert tuner.best(MIB) == "shm"
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="at least one candidate"):
+        Tuner(())
+    with pytest.raises(ValueError, match="trials=4, keep=3"):
+        Tuner(("a", "b"), trials=4, keep=3)
