@@ -19,12 +19,13 @@ compiles the float16 loop (decode, combine exactly, round once) for
 import numba as nb
 from numba.extending import overload
 
+from collectives._atomics import load_acquire, store_release
 from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
     "combine", "fold_rows", "fold_ring", "step", "merge_header", "rows_equal", "all_at_least",
-    "stage", "finish",
+    "stage", "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
 ]
 
 SUM, PROD, MIN, MAX, SUM_DIV = range(5)
@@ -63,6 +64,18 @@ def _stage_args(v):
 
 def _finish_args(v):
     return (*_fold_args(v)[:5], *_fold_args(v)[7:], _I64, nb.int64, nb.int64, nb.int64)
+
+
+def _exchange_args(v):
+    return v, v, _I64, _I64, nb.int64
+
+
+#: Fields of :func:`exchange`'s plan, then the header: data_at, header_at,
+#: choice_at (each for slots 0 and 1), stride, nrows, row, code, last,
+#: word_stride, polls, header_words.
+PLAN_FIELDS = 14
+#: Results of :func:`exchange`.
+NOT_YET, DISAGREE, DONE, OUT_OF_STEP = -1, 0, 1, 2
 
 
 def _pair(out, lo, hi, code, divisor):
@@ -228,3 +241,45 @@ def all_at_least(words, index, stride, nrows, value):
         if words[index + q * stride] < value:
             return False
     return True
+
+
+
+@nb.njit(_sigs(nb.int64, _exchange_args), **_OPTIONS)
+def exchange(out, win, words, plan, sequence):
+    """A small all-reduce's whole exchange through a shared window, in one call.
+
+    ``plan`` (see ``PLAN_FIELDS``) holds where things lie, so that the
+    call passes five arguments (Numba's dispatch costs per argument).
+    Stage ``out`` and the header in my row's slot ``sequence & 1``; row 0
+    also stamps ``sequence`` in the CHOICE word of that parity; then
+    publish ``sequence`` in my ARRIVE word (word 0 of my row) and poll
+    every row's for up to ``polls`` rounds.  Returns NOT_YET if some row
+    has not arrived (the caller waits and calls :func:`finish`), else
+    :func:`finish`'s DONE or DISAGREE, or OUT_OF_STEP if row 0's stamp is
+    for another call.
+    """
+    slot = sequence & 1
+    data_at, header_at, choice_at = plan[slot], plan[2 + slot], plan[4 + slot]
+    stride, nrows, row, code, last, word_stride, polls, header_words = plan[6:14]
+    at = row * stride + data_at
+    for i in range(out.size):
+        win[at + i] = out[i]
+    for i in range(header_words):
+        words[row * word_stride + header_at + i] = plan[PLAN_FIELDS + i]
+    if row == 0:
+        words[choice_at] = sequence * 16
+    store_release(words, row * word_stride, sequence)  # after the writes above
+    for _ in range(polls):
+        waiting = False
+        for q in range(nrows):
+            if load_acquire(words, q * word_stride) < sequence:
+                waiting = True
+                break
+        if not waiting:
+            if words[choice_at] // 16 != sequence:
+                return OUT_OF_STEP
+            if finish(out, win, data_at, stride, nrows, code, last, float(nrows), words,
+                      header_at, word_stride, header_words):
+                return DONE
+            return DISAGREE
+    return NOT_YET

@@ -90,11 +90,12 @@ def check_buffer(buf, *, writeable=True):
     if buf.dtype not in DTYPES:
         allowed = ", ".join(str(d) for d in DTYPES)
         raise TypeError(f"unsupported dtype {buf.dtype}; use one of {allowed}")
-    if not buf.flags.c_contiguous:
+    flags = buf.flags
+    if not flags.c_contiguous:
         raise ValueError(f"buffer of shape {buf.shape} and strides {buf.strides} "
                          "is not C-contiguous; pass np.ascontiguousarray(buf) "
                          "and copy the result back")
-    if writeable and not buf.flags.writeable:
+    if writeable and not flags.writeable:
         raise ValueError("buffer is read-only; collectives work in place "
                          "and need a writeable array")
 

@@ -153,13 +153,17 @@ def _agree(buf, comm, reduction, layout, operation, timeout):
 
 def _auto(buf, comm, op, check, timeout):
     # Local checks, pick, then the pick's own check or a header exchange.
+    # A small call on one node goes straight to shm: at 8 bytes every
+    # tenth of a microsecond of Python here is 4% of MPI's own time.
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
     if comm.Get_size() == 1:
         return buf
-    layout = _layout(comm, timeout)
-    if check and layout.nodes == 1 and buf.nbytes >= TUNE_MIN_BYTES:
+    layout, nbytes = _layout(comm, timeout), buf.nbytes
+    if layout.nodes == 1 and nbytes <= shared_memory.SMALL_BYTES:
+        return shared_memory.run_small(buf, comm, reduction, "allreduce", timeout)
+    if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:
         return _tuned(buf, comm, reduction, op, timeout)
-    name = choose_algorithm(buf.nbytes, comm.Get_size(), nodes=layout.nodes)
+    name = choose_algorithm(nbytes, layout.total, nodes=layout.nodes)
     if name == "shm":
         return shared_memory.run(buf, comm, reduction, operation="allreduce",
                                  check=check, timeout=timeout)

@@ -7,6 +7,8 @@ pick different paths, and timeouts.  (Every op x dtype x count of each
 algorithm is in test_allreduce.py.)
 """
 
+import time
+
 import numpy as np
 import pytest
 from conftest import rank_data
@@ -131,6 +133,25 @@ def test_shm_many_calls_back_to_back(comm):
         x = np.full(count, rank + i, dtype=np.float64)
         C.shm_allreduce(x, comm)
         assert np.all(x == sum(range(size)) + size * i), i
+
+
+@pytest.mark.parametrize("late", ("none", "first", "last", "each"))
+def test_shm_small_calls_with_a_late_rank(comm, late, monkeypatch):
+    # The small-call kernel polls only briefly, then leaves the wait to
+    # Python: a late rank sends every other rank down that slower path
+    # (few polls force it even when nobody is late), with the same result.
+    rank, size = comm.Get_rank(), comm.Get_size()
+    window = shared_window(comm)
+    monkeypatch.setattr(window, "fast_polls", 3)
+    window.headers.clear()  # plans made now take the new poll count
+    for i in range(12):
+        slow = {"none": -1, "first": 0, "last": size - 1, "each": i % size}[late]
+        if rank == slow:
+            time.sleep(0.005)
+        x = np.full(5 + i, rank + 2 * i, dtype=np.float32)
+        C.allreduce(x, comm)
+        assert np.all(x == sum(range(size)) + 2 * i * size), (i, x)
+    window.headers.clear()
 
 
 def test_window_wait_lets_large_sends_finish(world):

@@ -1,0 +1,57 @@
+"""Acquire loads and release stores of int64 words, for Numba kernels.
+
+A kernel that polls a shared-window counter in a loop needs each read to
+be a real load (a plain one may be hoisted out of the loop) and needs its
+earlier data writes to be visible before the counter it publishes: the
+C11 acquire/release pair, which LLVM emits as plain moves on x86 and with
+the right barriers elsewhere.  Python code gets the same ordering from
+``MPI.Win.Sync``; these are for the fused small-message kernel, which
+publishes and polls without returning to Python.
+"""
+
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["load_acquire", "store_release"]
+
+
+def _word_pointer(context, builder, array_type, array, index):
+    array = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer(context, builder, array_type, array, [index])
+
+
+def _int64_array(array):
+    return (isinstance(array, types.Array) and array.dtype == types.int64
+            and array.ndim == 1)
+
+
+@intrinsic
+def load_acquire(typingctx, array, index):
+    """``array[index]`` read with acquire ordering (no bounds check)."""
+    if not (_int64_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = _word_pointer(context, builder, signature.args[0], args[0], index)
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def store_release(typingctx, array, index, value):
+    """``array[index] = value`` with release ordering (no bounds check)."""
+    if not (_int64_array(array) and isinstance(index, types.Integer)
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], signature.args[1], types.intp)
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        pointer = _word_pointer(context, builder, signature.args[0], args[0], index)
+        builder.store_atomic(value, pointer, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(array, index, value), codegen
