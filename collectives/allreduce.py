@@ -31,6 +31,7 @@ from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout
 from collectives._prepare import prepare_local
 from collectives._tuner import Tuner
+from collectives._window import shared_window
 from collectives.hierarchical import hierarchical_allreduce
 from collectives.mpi import mpi_allreduce
 from collectives.pipelined_ring import pipelined_ring_allreduce
@@ -44,8 +45,7 @@ __all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_M
 #: algorithm names accepted by :func:`allreduce`.
 ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi")
 
-_LAYOUT_KEY = MPI.Comm.Create_keyval()  # comm -> its NodeLayout (owned by _nodes)
-_TUNER_KEY = MPI.Comm.Create_keyval()  # comm -> the Tuner of its large one-node calls
+_STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 
 #: From this size on one node "auto" times shm against the ring and runs
 #: the faster (collectives._tuner); below it shm always wins here.
@@ -125,7 +125,7 @@ def _named(buf, comm, name, op, timeout):
     # so ranks that chose differently ("auto" included) meet there and all
     # raise; shm on one node and rd across nodes carry it in their own.
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
-    layout = _layout(comm, timeout)
+    layout = _state(comm, timeout).layout
     options = dict(operation=f"allreduce/{name}", check=True, timeout=timeout)
     if name == "shm" and layout.nodes == 1:
         return shared_memory.run(buf, comm, reduction, **options)
@@ -135,13 +135,33 @@ def _named(buf, comm, name, op, timeout):
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
 
 
-def _layout(comm, timeout):
-    # comm's node layout; the first call on comm splits it (collective).
-    layout = comm.Get_attr(_LAYOUT_KEY)
-    if layout is None:
-        layout = node_layout(comm, operation="allreduce", timeout=timeout)
-        comm.Set_attr(_LAYOUT_KEY, layout)
-    return layout
+class _State:
+    """What allreduce keeps per communicator, under one attribute.
+
+    mpi4py takes 0.25 us to look up a set attribute, a tenth of a small
+    call; so the node layout, the shared window of small calls (None until
+    the first; replaced when it has been freed for a larger one) and the
+    tuner (None until the first tuned call) are fetched together.
+    """
+
+    __slots__ = ("layout", "window", "tuner")
+
+    def __init__(self, layout):
+        self.layout, self.window, self.tuner = layout, None, None
+
+    def small_window(self, comm):
+        if self.window is None or self.window.freed:
+            self.window = shared_window(comm)
+        return self.window
+
+
+def _state(comm, timeout):
+    # comm's state; the first call on comm splits it by node (collective).
+    state = comm.Get_attr(_STATE_KEY)
+    if state is None:
+        state = _State(node_layout(comm, operation="allreduce", timeout=timeout))
+        comm.Set_attr(_STATE_KEY, state)
+    return state
 
 
 def _agree(buf, comm, reduction, layout, operation, timeout):
@@ -158,11 +178,13 @@ def _auto(buf, comm, op, check, timeout):
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
     if comm.Get_size() == 1:
         return buf
-    layout, nbytes = _layout(comm, timeout), buf.nbytes
+    state, nbytes = _state(comm, timeout), buf.nbytes
+    layout = state.layout
     if layout.nodes == 1 and nbytes <= shared_memory.SMALL_BYTES:
-        return shared_memory.run_small(buf, comm, reduction, "allreduce", timeout)
+        return shared_memory.run_small(buf, state.small_window(comm), reduction,
+                                       "allreduce", timeout)
     if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:
-        return _tuned(buf, comm, reduction, op, timeout)
+        return _tuned(buf, comm, state, reduction, op, timeout)
     name = choose_algorithm(nbytes, layout.total, nodes=layout.nodes)
     if name == "shm":
         return shared_memory.run(buf, comm, reduction, operation="allreduce",
@@ -177,11 +199,11 @@ def _auto(buf, comm, op, check, timeout):
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
 
 
-def _tuned(buf, comm, reduction, op, timeout):
+def _tuned(buf, comm, state, reduction, op, timeout):
     # One node, large: rank 0 picks shm or ring from their times on earlier
     # calls (or by the thresholds, with tuning off); the pick rides in the
     # agreement exchange, so every rank runs it.  Both give the same bits.
-    tuner = _tuner(comm)
+    tuner = _tuner(state)
     proposal = 0
     if comm.Get_rank() == 0:
         proposal = (tuner.propose(buf.nbytes) if tuner.enabled else
@@ -198,14 +220,13 @@ def _tuned(buf, comm, reduction, op, timeout):
     return buf
 
 
-def _tuner(comm):
-    # comm's tuner, made on the first tuned call; MPI_COLLECTIVES_TUNE=0
+def _tuner(state):
+    # The tuner, made on the first tuned call; MPI_COLLECTIVES_TUNE=0
     # (read on rank 0, whose choice counts) keeps the fixed thresholds.
-    tuner = comm.Get_attr(_TUNER_KEY)
-    if tuner is None:
-        tuner = Tuner(TUNED, enabled=os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0")
-        comm.Set_attr(_TUNER_KEY, tuner)
-    return tuner
+    if state.tuner is None:
+        enabled = os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0"
+        state.tuner = Tuner(TUNED, enabled=enabled)
+    return state.tuner
 
 
 def auto_choice(comm, nbytes):
@@ -215,10 +236,10 @@ def auto_choice(comm, nbytes):
     tuner's pick (see :mod:`collectives._tuner`), the same on every rank;
     elsewhere, and before the first such call, :func:`choose_algorithm`'s.
     """
-    layout = comm.Get_attr(_LAYOUT_KEY)
-    nodes = 1 if layout is None else layout.nodes
+    state = comm.Get_attr(_STATE_KEY)
+    nodes = 1 if state is None else state.layout.nodes
     static = choose_algorithm(nbytes, comm.Get_size(), nodes=nodes)
-    tuner = comm.Get_attr(_TUNER_KEY)
+    tuner = None if state is None else state.tuner
     if tuner is None or nodes > 1 or nbytes < TUNE_MIN_BYTES:
         return static
     return tuner.chosen(nbytes) or static

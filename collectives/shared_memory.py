@@ -94,10 +94,16 @@ def run(buf, comm, reduction, *, operation, check, timeout):
     return buf
 
 
-def run_small(buf, comm, reduction, operation, timeout):
-    """:func:`run` for ``buf.nbytes <= SMALL_BYTES`` on two or more ranks (always checked)."""
+def run_small(buf, window, reduction, operation, timeout):
+    """:func:`run` for ``buf.nbytes <= SMALL_BYTES`` on two or more ranks (always checked).
+
+    ``window`` is ``shared_window(comm)``, which the caller may keep,
+    but not past its release (a larger one replaces it).
+    """
+    if window.freed:  # its memory may be unmapped: fail, do not crash
+        raise RuntimeError("shm all-reduce called with a shared window already freed")
     flat = buf if buf.ndim == 1 and buf.dtype.char != "e" else kernel_view(buf)
-    _exchange(shared_window(comm), buf, flat, reduction, operation, timeout)
+    _exchange(window, buf, flat, reduction, operation, timeout)
     return buf
 
 

@@ -124,15 +124,19 @@ def test_shm_window_grows(comm):
         assert shared_window(comm).large_bytes >= shared_memory.SLOTS * block
 
 
-def test_shm_many_calls_back_to_back(comm):
+@pytest.mark.parametrize("algorithm", ("shm", "auto"))
+def test_shm_many_calls_back_to_back(comm, algorithm):
     # Consecutive small and large calls reuse slots: a rank that ran ahead
-    # must never overwrite data a slower rank still reads.
+    # must never overwrite data a slower rank still reads.  Each larger
+    # call grows the window (a new one): "auto" must not keep the old one.
+    comm = comm.Dup()  # a window of its own, small at first
     rank, size = comm.Get_rank(), comm.Get_size()
     for i in range(200):
         count = 3 if i % 3 else SMALL_BYTES // 8 + 7 * i
         x = np.full(count, rank + i, dtype=np.float64)
-        C.shm_allreduce(x, comm)
+        C.allreduce(x, comm, algorithm=algorithm)
         assert np.all(x == sum(range(size)) + size * i), i
+    comm.Free()
 
 
 @pytest.mark.parametrize("late", ("none", "first", "last", "each"))
