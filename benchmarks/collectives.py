@@ -287,7 +287,7 @@ def _measure(runners, comm, nbytes, args):
     # training job is after its first few steps (exploration calls, one in
     # EXPLORE_EVERY, stay in the timing).
     warmup, iters = iterations(nbytes, args.warmup, floor=1), iterations(nbytes, args.iters)
-    trials = len(_ALLREDUCE.TUNED) * TRIALS
+    trials = len(_ALLREDUCE.TUNED) * (TRIALS + 1)  # + an untimed first call each
     samples = {name: [] for name in runners}
     for repeat in range(args.repeats):
         for name, run in runners.items():

@@ -7,7 +7,9 @@ one hour and at 1.7x the next, while the ring (one large copy per step)
 stayed put.  A fixed threshold is wrong half the time, so "auto" times
 its candidates on live calls, as STAR-MPI does for MPI's collectives
 (Faraj, Yuan and Lowenthal, ICS 2006): per message size (a power-of-two
-bucket) it tries every candidate ``TRIALS`` times, then runs the one with
+bucket) it tries every candidate ``TRIALS`` times (after one untimed
+first call each: a first call pays one-off costs, such as growing the
+shared window or allocating the ring's scratch buffers), then runs the one with
 the smallest median of its last ``KEEP`` times, and runs each other
 candidate once every ``EXPLORE_EVERY`` calls so that a change in the
 machine is noticed.
@@ -58,7 +60,7 @@ class Tuner:
         bucket = self._bucket(nbytes)
         fewest = min(range(len(self.candidates)), key=lambda i: len(bucket.times[i]))
         if len(bucket.times[fewest]) < self.trials:
-            return fewest  # still trying each candidate
+            return fewest  # still trying each candidate (or making its first call)
         best = self._best(bucket)
         if bucket.calls % self.explore_every == self.explore_every - 1:
             others = [i for i in range(len(self.candidates)) if i != best]
@@ -69,7 +71,9 @@ class Tuner:
     def record(self, nbytes, index, seconds):
         """Note that candidate ``index`` took ``seconds`` for ``nbytes``."""
         bucket = self._bucket(nbytes)
-        bucket.times[index].append(seconds)
+        if bucket.started[index]:
+            bucket.times[index].append(seconds)
+        bucket.started[index] = True
         bucket.last_tried[index] = bucket.calls
         bucket.calls += 1
         bucket.chosen = index
@@ -102,6 +106,7 @@ class _Bucket:
 
     def __init__(self, n, keep):
         self.times = [deque(maxlen=keep) for _ in range(n)]
+        self.started = [False] * n  # first call made (and not timed)
         self.last_tried = [-1] * n
         self.calls = 0
         self.chosen = None
