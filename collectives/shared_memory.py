@@ -132,7 +132,9 @@ def _exchange(window, buf, flat, reduction, operation, timeout, *, proposal=0):
     # that call before it arrived at sequence - 1, which I waited for.
     # Rank 0 also leaves its proposal, stamped with the sequence, in one of
     # two words by parity, like the slots: it may be one call ahead.
-    kind = _kind(window, operation, buf, reduction)
+    kind = window.headers.get((operation, buf.size, buf.dtype.num, reduction.name))
+    if kind is None:
+        kind = _new_kind(window, operation, buf, reduction)
     sequence = window.sequence = window.sequence + 1
     words = window.words
     if flat is not None:
@@ -196,12 +198,11 @@ class _Kind:
         self.header, self.fields, self.plan, self.typed = header, fields, None, None
 
 
-def _kind(window, operation, buf, reduction):
-    key = (operation, buf.size, buf.dtype.num, reduction.name)
-    kind = window.headers.get(key)
-    if kind is None:
-        fields = collective_fields(operation, buf, reduction)
-        kind = window.headers[key] = _Kind(agreement_header(fields), fields)
+def _new_kind(window, operation, buf, reduction):
+    # The _Kind of a call with a key (see _exchange) not seen before.
+    fields = collective_fields(operation, buf, reduction)
+    kind = _Kind(agreement_header(fields), fields)
+    window.headers[(operation, buf.size, buf.dtype.num, reduction.name)] = kind
     return kind
 
 
