@@ -53,7 +53,7 @@ _PAGE = 4096
 #: Counter polls between two calls into MPI's progress engine.
 _POKE_EVERY = 16
 #: Polls of the small-call kernel when every rank has a core of its own
-#: (a few microseconds: the usual skew between ranks).
+#: (some tens of microseconds at most: above the usual skew between ranks).
 FAST_POLLS = 2000
 
 
