@@ -25,7 +25,7 @@ from collectives._kernels import f16_to_f64, f64_to_f16
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
     "combine", "fold_rows", "fold_ring", "step", "merge_header", "rows_equal", "all_at_least",
-    "stage", "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
+    "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
 ]
 
 SUM, PROD, MIN, MAX, SUM_DIV = range(5)
@@ -56,10 +56,6 @@ def _ring_args(v):
 
 def _step_args(v):
     return _I64, _I64, v, v, v, nb.int64, nb.float64
-
-
-def _stage_args(v):
-    return v, nb.int64, v, _I64, nb.int64, _I64
 
 
 def _finish_args(v):
@@ -186,15 +182,6 @@ def rows_equal(words, start, stride, nrows, nwords):
             if words[start + q * stride + i] != words[start + i]:
                 return False
     return True
-
-
-@nb.njit(_sigs(nb.void, _stage_args), **_OPTIONS)
-def stage(win, at, data, words, header_at, header):
-    """Copy ``data`` to ``win[at:]`` and ``header`` to ``words[header_at:]``."""
-    for i in range(data.size):
-        win[at + i] = data[i]
-    for i in range(header.size):
-        words[header_at + i] = header[i]
 
 
 @nb.njit(_sigs(nb.boolean, _finish_args), **_OPTIONS)
