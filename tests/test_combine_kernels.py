@@ -67,3 +67,43 @@ def test_headers_merge_and_compare():
     words[9] = 1
     assert not K.rows_equal(words, 0, 8, 3, 4)
     assert not K.all_at_least(words, 0, 8, 3, 8)
+
+
+def _two_rows(header, peer_header, *, peer_arrived=True, sequence=1):
+    # A window of two 64-word rows as the small path lays it out (counter at
+    # word 0, choice words 8-9, headers at 16/24, float64 data at 32/48);
+    # row 1 is a peer that staged [10, 20, 30] and (maybe) arrived.
+    words = np.zeros(128, dtype=np.int64)
+    typed = words.view(np.float64)
+    slot = sequence & 1
+    typed[64 + 32 + 16 * slot:][:3] = [10.0, 20.0, 30.0]
+    words[64 + 16 + 8 * slot:][:peer_header.size] = peer_header
+    words[64] = sequence if peer_arrived else sequence - 1
+    plan = np.array([32, 48, 16, 24, 8, 9, 64, 2, 0, K.SUM, K.SUM, 64, 5, header.size,
+                     *header], dtype=np.int64)
+    return words, typed, plan
+
+
+@pytest.mark.parametrize("sequence", [1, 2])
+def test_exchange_folds_once_every_row_arrived(sequence):
+    header = np.array([3, 7, -3, -7], dtype=np.int64)
+    words, typed, plan = _two_rows(header, header, sequence=sequence)
+    out = np.array([1.0, 2.0, 3.0])
+    assert K.exchange(out, typed, words, plan, sequence) == K.DONE
+    assert out.tolist() == [11.0, 22.0, 33.0]
+    assert words[0] == sequence and words[8 + (sequence & 1)] == sequence * 16
+
+
+def test_exchange_reports_disagreement_late_peer_and_stale_stamp():
+    header = np.array([3, 7, -3, -7], dtype=np.int64)
+    other = np.array([3, 8, -3, -8], dtype=np.int64)  # another count
+    out = np.array([1.0, 2.0, 3.0])
+    words, typed, plan = _two_rows(header, other)
+    assert K.exchange(out, typed, words, plan, 1) == K.DISAGREE
+    words, typed, plan = _two_rows(header, header, peer_arrived=False)
+    assert K.exchange(out, typed, words, plan, 1) == K.NOT_YET
+    assert out.tolist() == [1.0, 2.0, 3.0]  # untouched until all arrive
+    words, typed, plan = _two_rows(header, header)
+    plan[8] = 1  # now I am row 1: row 0 (the peer here) stamped no call yet
+    words[0], words[64] = 1, 0
+    assert K.exchange(out, typed, words, plan, 1) == K.OUT_OF_STEP
