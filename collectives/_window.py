@@ -42,8 +42,9 @@ ARRIVE, IN, REDUCED, OUT, CHOICE = range(5)
 COUNTERS = 8
 _LINE = 64
 HEADER_BYTES = 64
-#: Bytes of data a small call carries; larger calls use the large area.
-SMALL_BYTES = 16384
+#: Bytes of data a small call carries at most (the size of a small slot);
+#: shared_memory.is_small decides, the large area takes the rest.
+SMALL_BYTES = 256 * 1024
 _HEADERS = COUNTERS * _LINE
 #: Index in ``SharedWindow.words`` of rank 0's CHOICE word.
 CHOICE_AT = CHOICE * _LINE // 8

@@ -180,7 +180,7 @@ def _auto(buf, comm, op, check, timeout):
         return buf
     state, nbytes = _state(comm, timeout), buf.nbytes
     layout = state.layout
-    if layout.nodes == 1 and nbytes <= shared_memory.SMALL_BYTES:
+    if layout.nodes == 1 and shared_memory.is_small(nbytes, layout.total):
         return shared_memory.run_small(buf, state.small_window(comm), reduction,
                                        "allreduce", timeout)
     if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:

@@ -53,6 +53,7 @@ def test_pipelined_ring_avg_and_bad_segment(comm):
 @pytest.mark.parametrize("op", ("sum", "avg", "max"))
 def test_shm_block_boundaries_and_slot_reuse(comm, op, monkeypatch):
     monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)  # many blocks, slots reused
+    monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)  # the pipeline from 16 KiB
     size = comm.Get_size()
     for count in (SMALL_BYTES // 4 + 1, 1024 * size * 5 + 3, 40_009):
         x = rank_data(comm, count, "float32")
@@ -68,6 +69,7 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
     if op == "avg" and dtype.startswith("int"):
         pytest.skip("avg is for floating dtypes")
     monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)  # the pipeline from 16 KiB
     x = rank_data(comm, 20_011, dtype, positive=op == "prod")
     ring = x.copy()
     _check(x, comm, op, lambda b: C.shm_allreduce(b, comm, op=op))
@@ -115,7 +117,7 @@ def test_auto_tuning_off_keeps_the_thresholds(world, monkeypatch):
 
 
 def test_shm_window_grows(comm):
-    sizes = [10, 5000, 20_000, 70_000]  # small slot, then larger pipelines
+    sizes = [10, 5000, 20_000, 70_000]  # small slots, then the pipeline (560 KB)
     for count in sizes:
         x = rank_data(comm, count, "float64")
         _check(x, comm, "sum", lambda b: C.shm_allreduce(b, comm))
