@@ -222,13 +222,13 @@ def step(mine, theirs, out, lo, hi, code, divisor):
 def all_at_least(words, index, stride, nrows, value):
     """Return whether ``words[index + q * stride] >= value`` for every row q.
 
-    A fresh read on every call: poll it from Python, never in a loop here.
+    Acquire loads: each call reads memory afresh (so a compiled loop may
+    poll it too), and what a row wrote before its counter is visible after.
     """
     for q in range(nrows):
-        if words[index + q * stride] < value:
+        if load_acquire(words, index + q * stride) < value:
             return False
     return True
-
 
 
 @nb.njit(_sigs(nb.int64, _exchange_args), **_OPTIONS)
@@ -247,7 +247,7 @@ def exchange(out, win, words, plan, sequence):
     """
     slot = sequence & 1
     data_at, header_at, choice_at = plan[slot], plan[2 + slot], plan[4 + slot]
-    stride, nrows, row, code, last, word_stride, polls, header_words = plan[6:14]
+    stride, nrows, row, code, last, word_stride, polls, header_words = plan[6:PLAN_FIELDS]
     at = row * stride + data_at
     for i in range(out.size):
         win[at + i] = out[i]
@@ -257,12 +257,7 @@ def exchange(out, win, words, plan, sequence):
         words[choice_at] = sequence * 16
     store_release(words, row * word_stride, sequence)  # after the writes above
     for _ in range(polls):
-        waiting = False
-        for q in range(nrows):
-            if load_acquire(words, q * word_stride) < sequence:
-                waiting = True
-                break
-        if not waiting:
+        if all_at_least(words, 0, word_stride, nrows, sequence):
             if words[choice_at] // 16 != sequence:
                 return OUT_OF_STEP
             if finish(out, win, data_at, stride, nrows, code, last, float(nrows), words,
