@@ -10,8 +10,9 @@ bytes one rank sends.  *Written*: the same exchange, but each rank first
 rewrites the buffer it sends (the time of that write, measured alone, is
 subtracted), as a ring step sends what the rank just reduced: on a
 virtual machine whose two cores do not share a cache, moving a freshly
-written line costs more than moving a clean one.  Raw mpi4py buffer calls, so the Python overhead is
-included: it is the floor for any algorithm written in Python.
+written line costs more than moving a clean one.  Raw mpi4py buffer
+calls, so the Python overhead is included: it is the floor for any
+algorithm written in Python.
 """
 
 import time
@@ -81,15 +82,16 @@ def _written(comm, buf, incoming, iters):
 
 def _measure(pair, nbytes, warmup, iters, repeats):
     buf, incoming = np.zeros(nbytes, np.uint8), np.zeros(nbytes, np.uint8)
-    probes = (_pingpong, _exchange, _written)
+    probes = (lambda n: _pingpong(pair, buf, n),
+              lambda n: _exchange(pair, buf, incoming, n),
+              lambda n: _written(pair, buf, incoming, n))
     times = [[] for _ in probes]
     for probe in probes:
-        probe(pair, buf, *((incoming,) if probe is not _pingpong else ()), warmup)
+        probe(warmup)
     for _ in range(repeats):
         for probe, samples in zip(probes, times):
             pair.Barrier()
-            samples.append(probe(pair, buf, *((incoming,) if probe is not _pingpong else ()),
-                                 iters))
+            samples.append(probe(iters))
     return [float(np.median(t)) for t in times]
 
 
