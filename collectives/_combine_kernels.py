@@ -17,6 +17,7 @@ compiles the float16 loop (decode, combine exactly, round once) for
 """
 
 import numba as nb
+import numpy as np
 from numba.extending import overload
 
 from collectives._atomics import load_acquire, store_release
@@ -36,6 +37,8 @@ CODES = {"sum": (SUM, SUM), "prod": (PROD, PROD), "min": (MIN, MIN),
 _TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
 _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 _I64 = nb.int64[::1]
+_INLINE = dict(nogil=True, inline="always")
+_PIECE = 2048  # elements of fold_ring's L1 buffer
 
 
 def _sigs(ret, make):
@@ -51,7 +54,7 @@ def _fold_args(v):
 
 
 def _ring_args(v):
-    return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:])
+    return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:], v)
 
 
 def _step_args(v):
@@ -80,23 +83,57 @@ def _pair(out, lo, hi, code, divisor):
 
 def _pair_native(out, lo, hi, code, divisor):
     if code == SUM:
-        for i in range(out.size):
-            out[i] = lo[i] + hi[i]
+        _loop(out, lo, hi, _sum, 0)
     elif code == PROD:
-        for i in range(out.size):
-            out[i] = lo[i] * hi[i]
-    elif code == MIN:  # as numpy.minimum: NaN wins, lo first
-        for i in range(out.size):
-            a, b = lo[i], hi[i]
-            out[i] = a if (a < b or a != a) else b
+        _loop(out, lo, hi, _prod, 0)
+    elif code == MIN:
+        _loop(out, lo, hi, _min, 0)
     elif code == MAX:
-        for i in range(out.size):
-            a, b = lo[i], hi[i]
-            out[i] = a if (a > b or a != a) else b
+        _loop(out, lo, hi, _max, 0)
     else:
-        d = _as_item(divisor, out)
+        _loop(out, lo, hi, _sum_div, _as_item(divisor, out))
+
+
+@nb.njit(**_INLINE)
+def _loop(out, lo, hi, f, d):
+    # out[i] = f(lo[i], hi[i], d).  When out is lo or hi (the folds'
+    # running result), a loop over two arrays: LLVM's overlap check fails
+    # for arrays that coincide and falls back to a scalar loop, 3x slower
+    # here (1 MiB float32 in place: 79 against 25 us, numpy's add 25 us).
+    if out.ctypes.data == lo.ctypes.data:
         for i in range(out.size):
-            out[i] = (lo[i] + hi[i]) / d
+            out[i] = f(out[i], hi[i], d)
+    elif out.ctypes.data == hi.ctypes.data:
+        for i in range(out.size):
+            out[i] = f(lo[i], out[i], d)
+    else:
+        for i in range(out.size):
+            out[i] = f(lo[i], hi[i], d)
+
+
+@nb.njit(**_INLINE)
+def _sum(a, b, d):
+    return a + b
+
+
+@nb.njit(**_INLINE)
+def _prod(a, b, d):
+    return a * b
+
+
+@nb.njit(**_INLINE)
+def _min(a, b, d):  # as numpy.minimum: NaN wins, lo first
+    return a if (a < b or a != a) else b
+
+
+@nb.njit(**_INLINE)
+def _max(a, b, d):
+    return a if (a > b or a != a) else b
+
+
+@nb.njit(**_INLINE)
+def _sum_div(a, b, d):
+    return (a + b) / d
 
 
 def _as_item(value, array):
@@ -157,21 +194,52 @@ def fold_rows(out, win, start, stride, nrows, mine_row, mine, code, last, diviso
         lo = out
 
 
+@nb.njit(nogil=True)
+def _pair_both(out, also, lo, hi, code, divisor):
+    # out = also = lo op hi, through a buffer that stays in L1: each piece
+    # of lo and hi is read before out or also (either may alias them) is
+    # written, and memory sees one pass instead of a fold and a copy.
+    piece = np.empty(min(out.size, _PIECE), out.dtype)
+    for at in range(0, out.size, _PIECE):
+        n = min(_PIECE, out.size - at)
+        part = piece[:n]
+        _pair(part, lo[at:at + n], hi[at:at + n], code, divisor)
+        _copy_both(out[at:at + n], also[at:at + n], part)
+
+
+@nb.njit(nogil=True)
+def _copy_both(out, also, source):
+    for i in range(out.size):
+        out[i] = source[i]
+    for i in range(also.size):
+        also[i] = source[i]
+
+
 @nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)
-def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor):
+def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
+              also):
     """Fold the rows in the ring all-reduce's order for a chunk that starts at row ``first``.
 
     ``acc = row first``, then ``acc = row q op acc`` for q = first + 1,
     first + 2, ... (cyclic): exactly the operands, in the order, of
     :func:`collectives.ring_allreduce`, so the two give the same bits.
-    Row ``mine_row`` comes from ``mine``; ``out`` may alias only that row.
+    Row ``mine_row`` comes from ``mine``.  The result goes to ``out`` and
+    ``also`` in one pass (the shared slot and the caller's buffer); ``out``
+    must not alias a row, ``also`` may alias ``mine``.
     """
     n = out.size
-    out[:] = mine if first == mine_row else win[start + first * stride:][:n]
+    if nrows == 1:
+        _copy_both(out, also, mine if first == mine_row else win[start:start + n])
+        return
+    hi = mine if first == mine_row else win[start + first * stride:][:n]
     for k in range(1, nrows):
         q = (first + k) % nrows
         lo = mine if q == mine_row else win[start + q * stride:start + q * stride + n]
-        _pair(out, lo, out, last if k == nrows - 1 else code, divisor)
+        if k < nrows - 1:
+            _pair(out, lo, hi, code, divisor)
+            hi = out
+        else:
+            _pair_both(out, also, lo, hi, last, divisor)
 
 
 @nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)

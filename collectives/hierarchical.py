@@ -70,8 +70,10 @@ def run(buf, comm, reduction, layout, *, operation, check, timeout):
     window = shared_window(layout.node, SLOTS * piece * flat.itemsize)
     steps = _Steps(window, layout, buf, piece, reduction, operation, timeout)
     with phase(comm, "hierarchical all-reduce", bytes=buf.nbytes):
-        for start in range(0, flat.size, piece):
-            steps.run_piece(start, min(piece, flat.size - start))
+        first = window.begin_blocks(piece * flat.itemsize, operation=operation,
+                                    timeout=timeout)
+        for i, start in enumerate(range(0, flat.size, piece)):
+            steps.run_piece(first + i, i, start, min(piece, flat.size - start))
     return buf
 
 
@@ -88,11 +90,11 @@ class _Steps:
         self.stride = window.stride // self.item
         self.base = window.large_offset() // self.item
 
-    def run_piece(self, start, length):
-        g = self.window.blocks
-        self.window.blocks += 1
-        slot = self.base + (g % SLOTS) * self.piece
+    def run_piece(self, g, i, start, length):
+        # Piece i of the call, block g of the window.
+        slot = self.base + (i % SLOTS) * self.piece
         starts, sizes = chunk_bounds(length, self.layout.smallest)
+        self.window.claim_slot(i % SLOTS, g, **self.wait)
         self._copy_in(g, slot, start, length)
         self._reduce_slice(g, slot, start, starts, sizes)
         self._gather(g, slot, start, starts, sizes)
@@ -102,9 +104,7 @@ class _Steps:
         return self.typed[at:at + n]
 
     def _copy_in(self, g, slot, start, length):
-        # My piece into my slot, once nobody reads the slot's last piece.
-        if g >= SLOTS:
-            self.window.wait(OUT, g - SLOTS + 1, **self.wait)
+        # My piece into my slot (claimed: nobody reads its last piece).
         self._row(self.window.rank, slot, 0, length)[:] = self.flat[start:start + length]
         self.window.publish(IN, g + 1)
 

@@ -10,7 +10,8 @@ All ranks of the communicator must share memory (one node).  Two modes:
   (``_combine_kernels.exchange``) stages, publishes, polls briefly and
   folds, since the Python between those steps was most of the time of an
   8-byte call (4.0 -> 1.7 us for the exchange at 2 ranks).
-- Large: the buffer goes through in blocks of ``BLOCK_BYTES``, each cut
+- Large: the buffer goes through in blocks (the whole buffer up to
+  ``WHOLE_BYTES``, else ``BLOCK_BYTES`` each), each cut
   into one slice per rank, in a three-stage software pipeline over
   ``SLOTS`` window slots: at step ``t`` a rank copies block ``t`` (all
   but its own slice) into its slot (IN), reduces its slice of block
@@ -49,10 +50,20 @@ from collectives._window import (
 from collectives.timeline import phase
 
 __all__ = ["shm_allreduce", "run", "run_small", "is_small", "window_agreement", "window_choice",
-           "fold_window", "SMALL_BYTES", "SMALL_TOTAL_BYTES", "BLOCK_BYTES", "SLOTS"]
+           "fold_window", "SMALL_BYTES", "SMALL_TOTAL_BYTES", "WHOLE_BYTES", "BLOCK_BYTES",
+           "SLOTS"]
 
-#: Bytes per pipelined block (tuned by measurement, see allreduce.py).
-BLOCK_BYTES = 512 * 1024
+#: Messages up to this many bytes go through as one block: each block
+#: costs three waits and some tens of microseconds of Python, and data
+#: this size stays in the L3 anyway.  Larger ones go in ``BLOCK_BYTES``
+#: blocks, which keep the pipeline's working set in cache.  Float32 sums,
+#: time / MPI's in the same runs after the folds' in-place loops were made
+#: to vectorise (two sweeps, 2 | 4 ranks): 4 MiB blocks 0.71-1.33 |
+#: 0.76-1.07 at 1-4 MiB and 0.54-1.44 | 0.51-1.06 at 16-64 MiB; 512 KiB
+#: blocks 1.03-1.93 | 0.86-1.28 and 0.38-0.96 | 0.40-0.94.
+WHOLE_BYTES = 4 << 20
+#: Bytes per pipelined block above ``WHOLE_BYTES``.
+BLOCK_BYTES = 512 << 10
 #: Window slots per rank that blocks rotate through.
 SLOTS = 4
 #: The small mode's limit on all ranks' data together: every rank folds
@@ -97,8 +108,10 @@ def run(buf, comm, reduction, *, operation, check, timeout):
         return buf
     if check:
         _exchange(window, buf, None, reduction, operation, timeout)
-    block = min(BLOCK_BYTES // flat.itemsize, flat.size)
-    window = shared_window(comm, SLOTS * block * flat.itemsize)
+    whole = flat.nbytes <= WHOLE_BYTES
+    block = flat.size if whole else min(BLOCK_BYTES // flat.itemsize, flat.size)
+    slots = min(SLOTS, -(-flat.size // block))
+    window = shared_window(comm, slots * block * flat.itemsize)
     with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):
         _pipeline(window, flat, block, reduction, operation, timeout)
     return buf
@@ -234,7 +247,7 @@ def _pipeline(window, flat, block, reduction, operation, timeout):
     # Step t: copy in block t, reduce my slice of block t - 1, copy out
     # the other slices of block t - 2.
     nblocks = -(-flat.size // block)
-    first = window.blocks
+    first = window.begin_blocks(block * flat.itemsize, operation=operation, timeout=timeout)
     stages = _Stages(window, flat, block, reduction, operation, timeout)
     for t in range(nblocks + 2):
         if t < nblocks:
@@ -243,11 +256,10 @@ def _pipeline(window, flat, block, reduction, operation, timeout):
             stages.reduce(first + t - 1, t - 1)
         if t >= 2:
             stages.copy_out(first + t - 2, t - 2)
-    window.blocks = first + nblocks
 
 
 class _Stages:
-    """The three pipeline stages for block ``b`` (global block number ``g``)."""
+    """The three pipeline stages for block ``b`` of a call (global block number ``g``)."""
 
     def __init__(self, window, flat, block, reduction, operation, timeout):
         self.window, self.flat, self.block = window, flat, block
@@ -266,34 +278,32 @@ class _Stages:
         length = min(self.block, self.flat.size - start)
         return start, length, chunk_bounds(length, self.size)
 
-    def _slot(self, g, rank):
-        return rank * self.stride + self.base + (g % SLOTS) * self.block
+    def _slot(self, b, rank):
+        return rank * self.stride + self.base + (b % SLOTS) * self.block
 
     def copy_in(self, g, b):
         # Every slice but mine into my slot, once every rank has finished
         # with the block that used the slot before.
-        if g >= SLOTS:
-            self.window.wait(OUT, g - SLOTS + 1, **self.wait)
+        self.window.claim_slot(b % SLOTS, g, **self.wait)
         start, length, (starts, sizes) = self._span(b)
         lo, hi = starts[self.rank], starts[self.rank] + sizes[self.rank]
-        mine = self._slot(g, self.rank)
+        mine = self._slot(b, self.rank)
         self.typed[mine:mine + lo] = self.flat[start:start + lo]
         self.typed[mine + hi:mine + length] = self.flat[start + hi:start + length]
         self.window.publish(IN, g + 1)
 
     def reduce(self, g, b):
-        # My slice, from every rank's slot and my buffer, into my slot,
-        # then into my buffer.
+        # My slice, from every rank's slot and my buffer, into my slot
+        # and my buffer.
         self.window.wait(IN, g + 1, **self.wait)
         start, _, (starts, sizes) = self._span(b)
         lo, n = starts[self.rank], sizes[self.rank]
-        mine, row0 = self._slot(g, self.rank) + lo, self._slot(g, 0) + lo
+        mine, row0 = self._slot(b, self.rank) + lo, self._slot(b, 0) + lo
         for at, length, first in self._ring_pieces(start + lo, n):
             out = self.typed[mine + at:mine + at + length]
             user = self.flat[start + lo + at:start + lo + at + length]
             K.fold_ring(out, self.typed, row0 + at, self.stride, self.size, first,
-                        self.rank, user, *self.codes)
-            user[:] = out
+                        self.rank, user, *self.codes, user)
         self.window.publish(REDUCED, g + 1)
 
     def _ring_pieces(self, begin, n):
@@ -315,6 +325,6 @@ class _Stages:
         for q in range(self.size):
             lo, n = starts[q], sizes[q]
             if q != self.rank and n:
-                theirs = self._slot(g, q) + lo
+                theirs = self._slot(b, q) + lo
                 self.flat[start + lo:start + lo + n] = self.typed[theirs:theirs + n]
         self.window.publish(OUT, g + 1)

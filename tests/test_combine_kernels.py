@@ -33,6 +33,38 @@ def test_combine_matches_numpy(dtype, code):
         assert out.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int64"])
+@pytest.mark.parametrize("code", [K.SUM, K.PROD, K.MIN, K.MAX, K.SUM_DIV])
+def test_combine_in_place_equals_out_of_place(dtype, code):
+    # out that is lo or hi takes its own loops (vectorised): same bits.
+    if code == K.SUM_DIV and dtype == "int64":
+        pytest.skip("avg is for floating dtypes")
+    lo, hi = _data(dtype, 1000, seed=5), _data(dtype, 1000, seed=6)
+    want = np.empty_like(lo)
+    K.combine(_bits(want), _bits(lo), _bits(hi), code, 3.0)
+    on_lo, on_hi = lo.copy(), hi.copy()
+    K.combine(_bits(on_lo), _bits(on_lo), _bits(hi), code, 3.0)
+    K.combine(_bits(on_hi), _bits(lo), _bits(on_hi), code, 3.0)
+    assert on_lo.tobytes() == want.tobytes() and on_hi.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("rows,first,mine_row", [(1, 0, 0), (2, 1, 0), (3, 2, 1), (4, 1, 1)])
+def test_fold_ring_in_ring_order_to_both_outputs(rows, first, mine_row):
+    # acc = row first, then acc = row q + acc cyclically; the result lands
+    # in out and in also (here the caller's own row, which it reads too),
+    # over more elements than one of the kernel's L1 pieces.
+    n, stride = 5000, 5008
+    win = _data("float32", stride * rows, seed=7)
+    mine = _data("float32", n, seed=8)
+    row = [mine if q == mine_row else win[q * stride:q * stride + n] for q in range(rows)]
+    want = row[first].copy()
+    for k in range(1, rows):
+        want = row[(first + k) % rows] + want
+    out, also = np.empty(n, np.float32), mine
+    K.fold_ring(out, win, 0, stride, rows, first, mine_row, mine, K.SUM, K.SUM, 1.0, also)
+    assert out.tobytes() == want.tobytes() and also.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_sum_div(dtype):
     lo, hi = _data(dtype, seed=3), _data(dtype, seed=4)
