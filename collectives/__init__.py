@@ -20,6 +20,7 @@ from collectives.pipelined_ring import pipelined_ring_allreduce
 from collectives.recursive_doubling import rd_allreduce
 from collectives.reducer import GroupRecord, PartialReducer
 from collectives.ring import ring_allreduce
+from collectives.shared_arrays import shared_array
 from collectives.shared_memory import shm_allreduce
 from collectives.tree import tree_allreduce, tree_bcast, tree_reduce
 
@@ -42,6 +43,7 @@ __all__ = [
     "pipelined_ring_allreduce",
     "rd_allreduce",
     "ring_allreduce",
+    "shared_array",
     "shm_allreduce",
     "tree_allreduce",
     "tree_bcast",

@@ -27,7 +27,7 @@ import time
 
 from mpi4py import MPI
 
-from collectives import hierarchical, recursive_doubling, shared_memory
+from collectives import hierarchical, recursive_doubling, shared_arrays, shared_memory
 from collectives._nodes import node_layout
 from collectives._prepare import prepare_local
 from collectives._tuner import Tuner
@@ -107,7 +107,9 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     communicator by node on its first call (collective); the environment
     variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it treat groups of
     that many ranks as nodes, and ``MPI_COLLECTIVES_TUNE=0`` turns the
-    timing off.
+    timing off.  On a :func:`collectives.shared_array` (one node, above the
+    shared-memory small mode) "auto" and "shm" reduce in place without
+    copying the data in (:mod:`collectives.shared_arrays`), checked always.
     """
     if algorithm == "auto":
         return _auto(buf, comm, op, check, timeout)
@@ -128,6 +130,9 @@ def _named(buf, comm, name, op, timeout):
     layout = _state(comm, timeout).layout
     options = dict(operation=f"allreduce/{name}", check=True, timeout=timeout)
     if name == "shm" and layout.nodes == 1:
+        found = shared_arrays.find(comm, buf)
+        if found is not None and not shared_memory.is_small(buf.nbytes, layout.total):
+            return _zero_copy(buf, comm, found, reduction, options["operation"], timeout)
         return shared_memory.run(buf, comm, reduction, **options)
     if name == "rd" and layout.nodes > 1:
         return recursive_doubling.run(buf, comm, reduction, **options)
@@ -183,6 +188,10 @@ def _auto(buf, comm, op, check, timeout):
     if layout.nodes == 1 and shared_memory.is_small(nbytes, layout.total):
         return shared_memory.run_small(buf, state.small_window(comm), reduction,
                                        "allreduce", timeout)
+    if layout.nodes == 1:
+        found = shared_arrays.find(comm, buf)
+        if found is not None:
+            return _zero_copy(buf, comm, found, reduction, "allreduce", timeout)
     if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:
         return _tuned(buf, comm, state, reduction, op, timeout)
     name = choose_algorithm(nbytes, layout.total, nodes=layout.nodes)
@@ -197,6 +206,16 @@ def _auto(buf, comm, op, check, timeout):
     if check:
         _agree(buf, comm, reduction, layout, "allreduce", timeout)
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
+
+
+def _zero_copy(buf, comm, found, reduction, operation, timeout):
+    # A shared array's all-reduce: its header exchange (always made: it is
+    # also the arrival of every rank's data) names the offset in the array,
+    # so ranks that passed plain buffers or other places raise a mismatch
+    # instead of waiting on counters that nobody else bumps.
+    shared_memory.window_agreement(buf, comm, reduction, timeout=timeout,
+                                   operation=f"{operation}/shared+{found[1]}")
+    return shared_arrays.run(buf, found, reduction, timeout=timeout)
 
 
 def _tuned(buf, comm, state, reduction, op, timeout):

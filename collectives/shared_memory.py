@@ -288,8 +288,8 @@ class _Stages:
         start, length, (starts, sizes) = self._span(b)
         lo, hi = starts[self.rank], starts[self.rank] + sizes[self.rank]
         mine = self._slot(b, self.rank)
-        self.typed[mine:mine + lo] = self.flat[start:start + lo]
-        self.typed[mine + hi:mine + length] = self.flat[start + hi:start + length]
+        K.copy(self.typed[mine:mine + lo], self.flat[start:start + lo])
+        K.copy(self.typed[mine + hi:mine + length], self.flat[start + hi:start + length])
         self.window.publish(IN, g + 1)
 
     def reduce(self, g, b):
@@ -326,5 +326,5 @@ class _Stages:
             lo, n = starts[q], sizes[q]
             if q != self.rank and n:
                 theirs = self._slot(b, q) + lo
-                self.flat[start + lo:start + lo + n] = self.typed[theirs:theirs + n]
+                K.copy(self.flat[start + lo:start + lo + n], self.typed[theirs:theirs + n])
         self.window.publish(OUT, g + 1)

@@ -1,0 +1,154 @@
+"""Arrays in shared memory that the all-reduce reduces without copying them in.
+
+:func:`shared_array` allocates an array on every rank of a one-node
+communicator inside an MPI-3 shared window (``MPI.Win.Allocate_shared``),
+so that every rank can read every rank's array directly: the idea of
+``MPI_Alloc_mem`` and of NCCL's registered user buffers.  ``allreduce``
+("auto" or "shm") recognises such an array, or a contiguous part of it at
+the same place on every rank, and runs the zero-copy algorithm (:func:`run`):
+
+1. arrive: the agreement header exchange, which also says every rank's
+   data is ready (each rank wrote its array before it called);
+2. reduce: rank ``r`` folds chunk ``r`` of every rank's array, in the ring
+   all-reduce's order, into its own array in place;
+3. gather: every rank copies the other ranks' finished chunks from their
+   arrays into its own;
+4. leave: every rank waits until all have copied, so nobody changes its
+   array while a peer still reads it.
+
+A plain buffer must first be copied into shared memory, which is the
+largest part of the memory traffic of :mod:`collectives.shared_memory`'s
+pipeline; here it is gone (per rank at 2 ranks: 2.5 times the buffer
+read and written, against 4).  The result has the ring's bits, like the
+pipeline's.  Training loops keep their flat gradient buffer in one.
+"""
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives import _combine_kernels as K
+from collectives._chunks import chunk_bounds
+from collectives._lifetime import release_keyval
+from collectives._nodes import node_layout
+from collectives._ops import DTYPES, kernel_view
+from collectives._window import OUT, REDUCED, SharedWindow
+from collectives.timeline import phase
+
+__all__ = ["shared_array", "find", "run"]
+
+_KEY = release_keyval()  # comm -> its _Arrays
+
+
+class _Arrays(list):
+    """The shared windows of a communicator's shared arrays, freed with it."""
+
+    def release(self):
+        for window in self:
+            window.release()
+        self.clear()
+
+
+def shared_array(comm, shape, dtype=np.float32):
+    """Return a zeroed array of ``shape`` and ``dtype`` in memory that all ranks share.
+
+    Collective over ``comm``, whose ranks must all be on one node and pass
+    the same ``shape`` and ``dtype`` (``ValueError`` on every rank if
+    not).  The memory lives until ``comm`` is freed (for ``COMM_WORLD``:
+    until MPI ends).  ``allreduce(algorithm="auto")`` and ``"shm"`` on
+    this array, or on a contiguous slice of it taken at the same place on
+    every rank, skip the copy into shared memory.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in DTYPES:
+        raise TypeError(f"shared_array supports dtypes "
+                        f"{', '.join(str(d) for d in DTYPES)}, not {dtype}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if count < 0 or any(int(n) < 0 for n in np.atleast_1d(shape)):
+        raise ValueError(f"shape must not be negative, got {shape}")
+    _check_same(comm, count, dtype)
+    if node_layout(comm, ranks_per_node=0, operation="shared_array").nodes > 1:
+        raise ValueError(f"shared_array needs all {comm.Get_size()} ranks on one node")
+    window = SharedWindow(comm, count * dtype.itemsize)
+    arrays = comm.Get_attr(_KEY)
+    if arrays is None:
+        arrays = _Arrays()
+        comm.Set_attr(_KEY, arrays)
+    arrays.append(window)
+    start = (window.rank * window.stride + window.large_offset()) // dtype.itemsize
+    array = window.bytes.view(dtype)[start:start + count].reshape(shape)
+    array[...] = 0
+    comm.Barrier()  # nobody reads a peer's array before it is zeroed
+    return array
+
+
+def _check_same(comm, count, dtype):
+    # Before the window: segments of different sizes would break its layout.
+    mine = np.array([count, DTYPES.index(dtype)], dtype=np.int64)
+    low, high = np.empty_like(mine), np.empty_like(mine)
+    comm.Allreduce(mine, low, op=MPI.MIN)
+    comm.Allreduce(mine, high, op=MPI.MAX)
+    if np.any(low != high):
+        raise ValueError(f"shared_array: ranks disagree on the size: counts "
+                         f"{low[0]}..{high[0]}, dtypes "
+                         f"{DTYPES[low[1]]}..{DTYPES[high[1]]}; this rank asked for "
+                         f"{count} of {dtype}")
+
+
+def find(comm, buf):
+    """Return ``(window, byte offset)`` of ``buf`` in a shared array of ``comm``, or None."""
+    arrays = comm.Get_attr(_KEY)
+    if not arrays:
+        return None
+    for window in arrays:
+        row = window.bytes.ctypes.data + window.rank * window.stride + window.large_offset()
+        offset = buf.ctypes.data - row
+        if 0 <= offset and offset + buf.nbytes <= window.large_bytes and (
+                offset % buf.itemsize == 0):
+            return window, offset
+    return None
+
+
+def run(buf, found, reduction, *, timeout):
+    """All-reduce ``buf`` in place, found by :func:`find`, after the agreement exchange.
+
+    The exchange (which names the offset, see ``allreduce``) must come
+    first: it is the arrival of every rank's data.
+    """
+    window, offset = found
+    flat = kernel_view(buf)
+    if window.size == 1 or flat.size == 0:
+        return buf
+    wait = dict(operation="allreduce", timeout=timeout)
+    call = window.blocks = window.blocks + 1  # this window's counters count calls
+    item, rank, size = flat.itemsize, window.rank, window.size
+    typed, stride = window.typed(flat.dtype), window.stride // item
+    at = (window.large_offset() + offset) // item  # the array's start in row 0
+    starts, sizes = chunk_bounds(flat.size, size)
+    with phase(window.comm, "zero-copy all-reduce", bytes=buf.nbytes):
+        _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction)
+        window.publish(REDUCED, call)
+        window.wait(REDUCED, call, **wait)
+        _gather(flat, typed, at, stride, starts, sizes, rank, size)
+        window.publish(OUT, call)
+        window.wait(OUT, call, **wait)  # peers are done reading my array
+    return buf
+
+
+def _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction):
+    # Chunk `rank` of every row, folded from my own row in the ring's order
+    # (the ring's chunk `rank` starts at row `rank`), into my row in place.
+    lo, n = starts[rank], sizes[rank]
+    if n:
+        code, last = K.CODES[reduction.name]
+        mine = flat[lo:lo + n]
+        K.fold_ring(mine, typed, at + lo, stride, size, rank, rank, mine, code, last,
+                    float(size), mine[:0])
+
+
+def _gather(flat, typed, at, stride, starts, sizes, rank, size):
+    # The other ranks' finished chunks, from their rows.
+    for q in range(size):
+        lo, n = starts[q], sizes[q]
+        if q != rank and n:
+            theirs = q * stride + at + lo
+            K.copy(flat[lo:lo + n], typed[theirs:theirs + n])
