@@ -89,7 +89,7 @@ def algorithm_names(collective):
 
 
 def _known(collective):
-    extra = ["mpi-checked"] if collective == "allreduce" else []
+    extra = ["mpi-checked", "auto-shared"] if collective == "allreduce" else []
     return algorithm_names(collective) + extra
 
 
@@ -136,6 +136,8 @@ def make_runner(setup, name, send, recv):
     """
     if name == "mpi":
         return _mpi_runner(setup, send, recv)
+    if name == "auto-shared":
+        return _shared_runner(setup, send, recv)
     fn = _ours(setup.collective, name)
     s = setup
 
@@ -143,6 +145,21 @@ def make_runner(setup, name, send, recv):
         if not s.inplace:
             np.copyto(recv, send)
         fn(recv, s.comm, s.op, s.root, s.agree)
+    return run
+
+
+def _shared_runner(s, send, recv):
+    # "auto" on a collectives.shared_array holding recv's data (allocated
+    # here, collective): the zero-copy path.  The result stays in the shared
+    # array, which the runner carries as ``result`` for validation.
+    shared = collectives.shared_array(s.comm, recv.shape, recv.dtype)
+    shared[...] = recv
+
+    def run():
+        if not s.inplace:
+            np.copyto(shared, send)
+        collectives.allreduce(shared, s.comm, op=s.op, check=s.agree)
+    run.result = shared
     return run
 
 
@@ -245,10 +262,12 @@ def validate(setup, run_on, count):
     rank = setup.comm.Get_rank()
     send = validation_input(count, setup.dtype, setup.op, rank)
     recv = send.copy() if setup.inplace else np.zeros_like(send)
-    run_on(send, recv)()
-    good = _matches(recv, _expected(setup, send), setup.op)
+    runner = run_on(send, recv)
+    runner()
+    out = getattr(runner, "result", recv)  # auto-shared's result is in its own array
+    good = _matches(out, _expected(setup, send), setup.op)
     if setup.collective == "allreduce":
-        good = _same_everywhere(recv, setup.comm) and good
+        good = _same_everywhere(out, setup.comm) and good
     verdict = np.array([int(good)], dtype=np.int32)
     setup.comm.Allreduce(MPI.IN_PLACE, verdict, MPI.MIN)
     return bool(verdict[0])

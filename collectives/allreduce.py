@@ -15,10 +15,10 @@ raise a mismatch too instead of waiting for each other until the timeout.
 On one node, from ``TUNE_MIN_BYTES`` on, "auto" does not trust the
 thresholds alone: the shared-memory pipeline's speed there changes with
 how the machine places the ranks (2-4x between runs of the same binary,
-see BENCHMARKS.md), while the ring's does not.  Rank 0 times both on live
+see BENCHMARKS.md), while the ring's does not.  Rank 0 times them on live
 calls (:class:`collectives._tuner.Tuner`, per power-of-two size) and
 sends its pick in the agreement exchange, so every rank runs the same
-algorithm; both fold every element in the same order, so the pick never
+algorithm; all fold every element in the same order, so the pick never
 changes a result bit.  ``MPI_COLLECTIVES_TUNE=0`` keeps the thresholds.
 """
 
@@ -50,8 +50,13 @@ _STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 #: From this size on one node "auto" times shm against the ring and runs
 #: the faster (collectives._tuner); below it shm always wins here.
 TUNE_MIN_BYTES = 1 << 20
-#: The candidates of the tuner, in the order of its choice codes.
-TUNED = ("shm", "ring")
+#: The candidates of the tuner, in the order of its choice codes: the
+#: shared-memory algorithm with the whole buffer as one block ("shm": the
+#: fewest waits) and in BLOCK_BYTES blocks ("shm-pipelined": data stays in
+#: cache, stages overlap), and the ring.  Which is fastest changes with the
+#: machine's state (BENCHMARKS.md): at 8 MiB, 2 ranks, one block took 2.8 ms
+#: and 512 KiB blocks 5.6 ms in one run; in another the blocks were faster.
+TUNED = ("shm", "shm-pipelined", "ring")
 
 _IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduce,
                     "tree": tree_allreduce, "rd": rd_allreduce, "shm": shm_allreduce,
@@ -219,9 +224,9 @@ def _zero_copy(buf, comm, found, reduction, operation, timeout):
 
 
 def _tuned(buf, comm, state, reduction, op, timeout):
-    # One node, large: rank 0 picks shm or ring from their times on earlier
+    # One node, large: rank 0 picks one of TUNED from their times on earlier
     # calls (or by the thresholds, with tuning off); the pick rides in the
-    # agreement exchange, so every rank runs it.  Both give the same bits.
+    # agreement exchange, so every rank runs it.  All give the same bits.
     tuner = _tuner(state)
     proposal = 0
     if comm.Get_rank() == 0:
@@ -230,11 +235,12 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     picked = shared_memory.window_choice(buf, comm, reduction, proposal,
                                          operation="allreduce", timeout=timeout)
     start = time.perf_counter()
-    if TUNED[picked] == "shm":
-        shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,
-                          timeout=timeout)
-    else:
+    if TUNED[picked] == "ring":
         ring_allreduce(buf, comm, op=op, check=False, timeout=timeout)
+    else:
+        block_bytes = buf.nbytes if TUNED[picked] == "shm" else shared_memory.BLOCK_BYTES
+        shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,
+                          timeout=timeout, block_bytes=block_bytes)
     tuner.record(buf.nbytes, picked, time.perf_counter() - start)
     return buf
 

@@ -97,8 +97,13 @@ def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
                timeout=timeout)
 
 
-def run(buf, comm, reduction, *, operation, check, timeout):
-    """The shared-memory all-reduce after the checks (``allreduce`` calls this)."""
+def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None):
+    """The shared-memory all-reduce after the checks (``allreduce`` calls this).
+
+    ``block_bytes``: the large mode's block size; None: the whole buffer up
+    to ``WHOLE_BYTES``, ``BLOCK_BYTES`` above (the tuner of "auto" tries
+    both at every size).  Every block size gives the same bits.
+    """
     if comm.Get_size() == 1:
         return buf
     flat = buf if buf.ndim == 1 and buf.dtype.char != "e" else kernel_view(buf)
@@ -108,8 +113,9 @@ def run(buf, comm, reduction, *, operation, check, timeout):
         return buf
     if check:
         _exchange(window, buf, None, reduction, operation, timeout)
-    whole = flat.nbytes <= WHOLE_BYTES
-    block = flat.size if whole else min(BLOCK_BYTES // flat.itemsize, flat.size)
+    if block_bytes is None:
+        block_bytes = flat.nbytes if flat.nbytes <= WHOLE_BYTES else BLOCK_BYTES
+    block = max(1, min(block_bytes // flat.itemsize, flat.size))
     slots = min(SLOTS, -(-flat.size // block))
     window = shared_window(comm, slots * block * flat.itemsize)
     with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):

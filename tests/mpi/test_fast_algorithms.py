@@ -18,8 +18,9 @@ from test_allreduce import assert_identical_on_all_ranks, assert_reduced, gather
 import collectives as C
 from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout, ranks_per_node_from_env
-from collectives._tuner import Tuner
+from collectives._tuner import TRIALS, Tuner
 from collectives._window import SMALL_BYTES, shared_window
+from collectives.allreduce import TUNED
 
 
 def _check(x, comm, op, run):
@@ -100,9 +101,10 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
 
 
 def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):
-    # Rank 0's tuner alone picks shm or the ring; every rank runs its pick
-    # (a proposal on another rank would be a bug: it fails the test), the
-    # bits equal the ring's whichever runs, and both get tried.
+    # Rank 0's tuner alone picks shm (one block or pipelined) or the ring;
+    # every rank runs its pick (a proposal on another rank would be a bug:
+    # it fails the test), the bits equal the ring's whichever runs, and all
+    # get tried.
     if world.Get_size() == 1 or node_layout(world).nodes > 1:
         pytest.skip("tuning is for two or more ranks on one node")
     comm, rank = world.Dup(), world.Get_rank()
@@ -110,7 +112,7 @@ def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):
         monkeypatch.setattr(Tuner, "propose", lambda self, nbytes: pytest.fail("proposed"))
     count = C.TUNE_MIN_BYTES // 8 + 13
     runs = set()
-    for i in range(8):
+    for i in range(len(TUNED) * (TRIALS + 1)):
         x = rank_data(comm, count, "float64", seed=i)
         ring = x.copy()
         C.allreduce(x, comm)
@@ -119,7 +121,7 @@ def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):
         runs.add(C.auto_choice(comm, x.nbytes))
         assert comm.allgather(C.auto_choice(comm, x.nbytes)) == [C.auto_choice(
             comm, x.nbytes)] * comm.Get_size()
-    assert runs == {"shm", "ring"}
+    assert runs == set(TUNED)
     comm.Free()
 
 
