@@ -16,6 +16,8 @@ REPEATS="${REPEATS:-5}"
 RANKS="${RANKS:-2 4}"
 SIZES="${SIZES:-8:64M}"
 LIMIT="${LIMIT:-1800}"   # seconds per command
+# every algorithm, and "auto" on a collectives.shared_array (zero-copy)
+ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,hierarchical,auto,auto-shared"
 TUNED="glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 export NUMBA_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -64,8 +66,8 @@ for n in $RANKS; do
         log "allreduce $n ranks, $malloc malloc"
         if [ "$malloc" = tuned ]; then export GLIBC_TUNABLES="$TUNED"; else unset GLIBC_TUNABLES; fi
         name="allreduce-$n-$malloc"
-        bench "$n" allreduce -m "$SIZES" -r "$REPEATS" -c --json "$OUT/$name.json" \
-            --markdown "$OUT/$name.md" | tee "$OUT/$name.txt" || failed+=("$name")
+        bench "$n" allreduce -m "$SIZES" -r "$REPEATS" -c -a "$ALLREDUCE" \
+            --json "$OUT/$name.json" --markdown "$OUT/$name.md" | tee "$OUT/$name.txt" || failed+=("$name")
     done
     unset GLIBC_TUNABLES
     for malloc in default tuned; do

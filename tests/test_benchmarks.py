@@ -83,6 +83,18 @@ def test_other_collectives_and_types_pass(args, tmp_path):
         assert "# mpi skipped" in result.stdout
 
 
+@pytest.mark.parametrize("inplace", ([], ["-O"]))
+def test_auto_on_a_shared_array_passes(inplace):
+    # "auto-shared": auto on a collectives.shared_array, the zero-copy path
+    # from 512 KiB at 3 ranks, in place and out of place.
+    result, log = _bench(3, ["allreduce", "-m", "256:1M", "-d", "float64", "-o", "max", "-c",
+                             "-a", "mpi,auto,auto-shared", *inplace, *TINY])
+    assert result.returncode == 0, log
+    rows = _table(result.stdout)
+    assert {r["algorithm"] for r in rows} == {"mpi", "auto", "auto-shared"}, log
+    assert all(r["check"] == "pass" for r in rows), log
+
+
 def test_broken_algorithm_fails_check():
     env = {"PYTHONPATH": str(ROOT / "tests")}
     algorithms = ("mpi,ring,bench_broken:skew,bench_broken:plus_one,bench_broken:local,"
