@@ -128,15 +128,18 @@ def traffic(name, p):
     and reductions, then ``p-1`` chunk sends, chunks of ``n/p``:
     ``7 (p-1)``.  Binomial tree reduce + bcast: ``p-1`` whole-buffer sends
     and reductions, ``p-1`` sends: also ``7 (p-1)``, but ``log2 p`` of them
-    in series.  Shared-memory window (copy in, reduce own slice reading all
-    ``p``, copy out): ``5p + 1``.  Recursive doubling: ``log2 p``
+    in series.  Shared-memory window (copy in the slices that others
+    reduce, reduce own slice reading all ``p`` into the window and the
+    buffer, copy out the others' slices): per rank ``(5p - 2) n / p``,
+    ``5p - 2`` in all.  The same on a shared array ("auto-shared", no copy
+    in, the result written once): ``3p - 1``.  Recursive doubling: ``log2 p``
     whole-buffer exchanges and reductions per rank: ``5 p log2 p``.
     "ideal": every rank reads its input and writes its result once, the
     rest stays in cache: ``2p``.
     """
     import math
 
-    rules = (("ideal", 2 * p), ("shm", 5 * p + 1), ("shared", 5 * p + 1),
+    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("shm", 5 * p - 2),
              ("doubling", 5 * p * math.ceil(math.log2(max(p, 2)))),
              ("ring", 7 * (p - 1)), ("tree", 7 * (p - 1)), ("mpi", 7 * (p - 1)))
     for key, factor in rules:

@@ -135,8 +135,9 @@ def _named(buf, comm, name, op, timeout):
     layout = _state(comm, timeout).layout
     options = dict(operation=f"allreduce/{name}", check=True, timeout=timeout)
     if name == "shm" and layout.nodes == 1:
-        found = shared_arrays.find(comm, buf)
-        if found is not None and not shared_memory.is_small(buf.nbytes, layout.total):
+        found = (None if shared_memory.is_small(buf.nbytes, layout.total)
+                 else shared_arrays.find(comm, buf))
+        if found is not None:
             return _zero_copy(buf, comm, found, reduction, options["operation"], timeout)
         return shared_memory.run(buf, comm, reduction, **options)
     if name == "rd" and layout.nodes > 1:

@@ -40,10 +40,10 @@ _KEY = release_keyval()  # comm -> its _Arrays
 
 
 class _Arrays(list):
-    """The shared windows of a communicator's shared arrays, freed with it."""
+    """``(start address, window)`` of a communicator's shared arrays, freed with it."""
 
     def release(self):
-        for window in self:
+        for _, window in self:
             window.release()
         self.clear()
 
@@ -73,9 +73,9 @@ def shared_array(comm, shape, dtype=np.float32):
     if arrays is None:
         arrays = _Arrays()
         comm.Set_attr(_KEY, arrays)
-    arrays.append(window)
     start = (window.rank * window.stride + window.large_offset()) // dtype.itemsize
     array = window.bytes.view(dtype)[start:start + count].reshape(shape)
+    arrays.append((MPI.Get_address(window.bytes) + start * dtype.itemsize, window))
     array[...] = 0
     comm.Barrier()  # nobody reads a peer's array before it is zeroed
     return array
@@ -99,9 +99,9 @@ def find(comm, buf):
     arrays = comm.Get_attr(_KEY)
     if not arrays:
         return None
-    for window in arrays:
-        row = window.bytes.ctypes.data + window.rank * window.stride + window.large_offset()
-        offset = buf.ctypes.data - row
+    address = MPI.Get_address(buf)  # 0.2 us; numpy's ctypes.data takes 1.6
+    for start, window in arrays:
+        offset = address - start
         if 0 <= offset and offset + buf.nbytes <= window.large_bytes and (
                 offset % buf.itemsize == 0):
             return window, offset
