@@ -56,11 +56,10 @@ __all__ = ["shm_allreduce", "run", "run_small", "is_small", "window_agreement", 
 #: Messages up to this many bytes go through as one block: each block
 #: costs three waits and some tens of microseconds of Python, and data
 #: this size stays in the L3 anyway.  Larger ones go in ``BLOCK_BYTES``
-#: blocks, which keep the pipeline's working set in cache.  Float32 sums,
-#: time / MPI's in the same runs after the folds' in-place loops were made
-#: to vectorise (two sweeps, 2 | 4 ranks): 4 MiB blocks 0.71-1.33 |
-#: 0.76-1.07 at 1-4 MiB and 0.54-1.44 | 0.51-1.06 at 16-64 MiB; 512 KiB
-#: blocks 1.03-1.93 | 0.86-1.28 and 0.38-0.96 | 0.40-0.94.
+#: blocks, which keep the pipeline's working set in cache.  Measured with
+#: ``benchmarks/block_sweep.py`` (BENCHMARKS.md, "Shared-memory block
+#: size"): 2 ranks, time / MPI's, one block 0.61-0.67 at 1-4 MiB and
+#: 0.59-1.37 at 8-64 MiB, 512 KiB blocks 0.84-0.99 and 0.39-1.07.
 WHOLE_BYTES = 4 << 20
 #: Bytes per pipelined block above ``WHOLE_BYTES``.
 BLOCK_BYTES = 512 << 10
