@@ -20,7 +20,8 @@ A plain buffer must first be copied into shared memory, which is the
 largest part of the memory traffic of :mod:`collectives.shared_memory`'s
 pipeline; here it is gone (per rank at 2 ranks: 2.5 times the buffer
 read and written, against 4).  The result has the ring's bits, like the
-pipeline's.  Training loops keep their flat gradient buffer in one.
+pipeline's.  ``optim.FlatParameters`` (and ``optim.MLP``) keep their
+gradient in one when given ``grad_comm=``; ``optim.train --shared-grad``.
 """
 
 import numpy as np

@@ -14,6 +14,8 @@ does; ``bucket_bytes=None`` gives one bucket holding everything.
 
 import numpy as np
 
+import collectives
+
 __all__ = ["FlatParameters"]
 
 #: parameter dtypes the optimizers update.
@@ -33,6 +35,11 @@ class FlatParameters:
     bucket_bytes : int, optional
         Largest bucket, in bytes (see the module docstring); ``None`` for
         one bucket.
+    grad_comm : mpi4py.MPI.Intracomm, optional
+        Put ``grad`` in a :func:`collectives.shared_array` on this
+        communicator (collective; all its ranks on one node, each with the
+        same arrays), so that all-reducing it, or its buckets, skips the
+        copy into shared memory.  Freed with the communicator.
 
     Attributes
     ----------
@@ -54,14 +61,15 @@ class FlatParameters:
 
     """
 
-    def __init__(self, arrays, *, dtype=None, bucket_bytes=None):
+    def __init__(self, arrays, *, dtype=None, bucket_bytes=None, grad_comm=None):
         arrays = _check_arrays(arrays)
         self.dtype = _check_dtype(arrays, dtype)
         self.shapes = [a.shape for a in arrays]
         sizes = [a.size for a in arrays]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         self.data = np.empty(self.offsets[-1], dtype=self.dtype)
-        self.grad = np.zeros(self.offsets[-1], dtype=self.dtype)
+        self.grad = (np.zeros(self.offsets[-1], dtype=self.dtype) if grad_comm is None else
+                     collectives.shared_array(grad_comm, self.offsets[-1], self.dtype))
         self.params = self._views(self.data)
         self.grads = self._views(self.grad)
         for view, array in zip(self.params, arrays):

@@ -25,8 +25,9 @@ class MLP:
         Seed of the initial weights (He normal; biases zero).
     dtype : numpy dtype, default float32
         float32 or float64.
-    bucket_bytes : int, optional
-        Passed to :class:`optim.FlatParameters`.
+    bucket_bytes, grad_comm : optional
+        Passed to :class:`optim.FlatParameters` (``grad_comm``: the
+        gradient in shared memory, for the zero-copy all-reduce).
 
     Examples
     --------
@@ -36,14 +37,15 @@ class MLP:
 
     """
 
-    def __init__(self, sizes, *, seed=0, dtype=np.float32, bucket_bytes=None):
+    def __init__(self, sizes, *, seed=0, dtype=np.float32, bucket_bytes=None, grad_comm=None):
         self.sizes = _check_sizes(sizes)
         rng = np.random.default_rng(check_int("seed", seed, low=0))
         arrays = []
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
             arrays.append(rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in))
             arrays.append(np.zeros(fan_out))
-        self.flat = FlatParameters(arrays, dtype=dtype, bucket_bytes=bucket_bytes)
+        self.flat = FlatParameters(arrays, dtype=dtype, bucket_bytes=bucket_bytes,
+                                   grad_comm=grad_comm)
         self.weights, self.biases = self.flat.params[0::2], self.flat.params[1::2]
         self.weight_grads, self.bias_grads = self.flat.grads[0::2], self.flat.grads[1::2]
 

@@ -117,6 +117,9 @@ def parse_args(argv, size):
     p.add_argument("--overlap", action="store_true",
                    help="sync: all-reduce buckets during backward")
     p.add_argument("--bucket-bytes", type=int, default=None)
+    p.add_argument("--shared-grad", action="store_true",
+                   help="keep the gradient in a collectives.shared_array (one node): "
+                        "the all-reduce skips its copy into shared memory")
     p.add_argument("--timeline", default=None, metavar="FILE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slow-rank", type=int, default=None)
@@ -316,7 +319,8 @@ class _Job:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.x, self.y, self.x_test, self.y_test = load_digits()
         self.model = MLP([self.x.shape[1], *args.hidden, 10], seed=args.seed,
-                         bucket_bytes=args.bucket_bytes)
+                         bucket_bytes=args.bucket_bytes,
+                         grad_comm=comm if args.shared_grad else None)
         broadcast_parameters(self.model.flat, comm)
         if args.dp_clip is not None and args.batch_size > len(self.y):
             raise UsageError(f"--batch-size {args.batch_size} is larger than the "
