@@ -259,8 +259,12 @@ def auto_choice(comm, nbytes):
     """Return the algorithm ``allreduce(algorithm="auto")`` ran last on ``comm`` for ``nbytes``.
 
     Between ``TUNE_MIN_BYTES`` and any size on one node this is the run-time
-    tuner's pick (see :mod:`collectives._tuner`), the same on every rank;
-    elsewhere, and before the first such call, :func:`choose_algorithm`'s.
+    tuner's pick (see :mod:`collectives._tuner`), the same on every rank:
+    one of ``TUNED``, where "shm" is the whole buffer as one block and
+    "shm-pipelined" (no ``algorithm=`` name) the same algorithm in
+    ``shared_memory.BLOCK_BYTES`` blocks; elsewhere, and before the first
+    such call, :func:`choose_algorithm`'s.  (A :func:`collectives.shared_array`
+    takes the zero-copy path whatever this says.)
     """
     state = comm.Get_attr(_STATE_KEY)
     nodes = 1 if state is None else state.layout.nodes
