@@ -26,7 +26,8 @@ def test_collectives_under_open_mpi():
     cmd = ["timeout", "-k", "5", "240", str(bin_dir / "mpiexec"), "--oversubscribe",
            "-n", "3", str(bin_dir / "python"), "-m", "mpi4py", "-m", "pytest", "-q",
            "-p", "no:cacheprovider", "tests/mpi/test_bad_input.py",
-           "tests/mpi/test_allreduce.py", "-k", "float32 or float16 or bad or mismatch"]
+           "tests/mpi/test_allreduce.py", "tests/mpi/test_shared_arrays.py",
+           "-k", "float32 or float16 or bad or mismatch or mixed"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
