@@ -74,7 +74,7 @@ COLUMNS = [
     Column("time_avg_us", "avg us", 10, ".1f"), Column("time_min_us", "min us", 10, ".1f"),
     Column("time_max_us", "max us", 10, ".1f"), Column("algbw_GBps", "algbw", 7, ".3f"),
     Column("busbw_GBps", "busbw", 7, ".3f"), Column("vs_mpi", "vs mpi", 6, ".2f"),
-    Column("check", "check", 5), Column("chose", "auto->", 10), Column("load", "load", 5, ".2f"),
+    Column("check", "check", 5), Column("chose", "auto->", 13), Column("load", "load", 5, ".2f"),
 ]
 
 

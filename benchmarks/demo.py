@@ -30,7 +30,7 @@ def main(comm=MPI.COMM_WORLD):
     if rank == 0:
         print(f"all-reduce, float32 sum, {size} ranks, median of {REPEATS} "
               "(max over ranks)")
-        print(f"{'bytes':>10} {'algorithm':>9} {'chose':>5} {'time us':>10} "
+        print(f"{'bytes':>10} {'algorithm':>9} {'chose':>13} {'time us':>10} "
               f"{'vs mpi':>7} {'result':>7}")
     for nbytes in SIZES:
         data = np.random.default_rng(rank).standard_normal(nbytes // 4).astype(np.float32)
@@ -44,7 +44,7 @@ def main(comm=MPI.COMM_WORLD):
             elapsed = base if algorithm == "mpi" else _time(algorithm, data.copy(), comm)
             chose = collectives.auto_choice(comm, nbytes) if algorithm == "auto" else ""
             if rank == 0:
-                print(f"{nbytes:>10} {algorithm:>9} {chose:>5} {elapsed * 1e6:>10.1f} "
+                print(f"{nbytes:>10} {algorithm:>9} {chose:>13} {elapsed * 1e6:>10.1f} "
                       f"{elapsed / base:>7.2f} {'ok' if good else 'WRONG':>7}")
 
 
