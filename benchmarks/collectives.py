@@ -302,15 +302,16 @@ def _skips_pass(names, runners, report):
 
 def _measure(runners, comm, nbytes, args):
     # Median over repeats of (avg, min, max) over ranks, algorithms interleaved.
-    # "auto" is warmed up past its tuner's trials on the first repeat, as a
+    # "auto" and "auto-shared" are warmed up past their tuners' trials on the first repeat, as a
     # training job is after its first few steps (exploration calls, one in
     # EXPLORE_EVERY, stay in the timing).
     warmup, iters = iterations(nbytes, args.warmup, floor=1), iterations(nbytes, args.iters)
-    trials = len(_ALLREDUCE.TUNED) * (TRIALS + 1)  # + an untimed first call each
+    trials = {"auto": len(_ALLREDUCE.TUNED) * (TRIALS + 1),  # + an untimed first call each
+              "auto-shared": len(_ALLREDUCE.SHARED_TUNED) * (TRIALS + 1)}
     samples = {name: [] for name in runners}
     for repeat in range(args.repeats):
         for name, run in runners.items():
-            extra = trials if name == "auto" and repeat == 0 and args.warmup else 0
+            extra = trials.get(name, 0) if repeat == 0 and args.warmup else 0
             samples[name].append(rank_stats(time_block(run, comm, warmup + extra, iters),
                                             comm))
     return iters, {name: median_stats(s) for name, s in samples.items()}

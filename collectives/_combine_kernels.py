@@ -20,13 +20,13 @@ import numba as nb
 import numpy as np
 from numba.extending import overload
 
-from collectives._atomics import load_acquire, store_release
+from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
-    "copy", "combine", "fold_rows", "fold_ring", "step", "merge_header", "rows_equal",
-    "all_at_least",
+    "copy", "copy_streaming", "combine", "fold_rows", "fold_ring", "step", "merge_header",
+    "rows_equal", "all_at_least",
     "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
 ]
 
@@ -55,7 +55,7 @@ def _fold_args(v):
 
 
 def _ring_args(v):
-    return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:], v)
+    return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:], v, nb.boolean)
 
 
 def _step_args(v):
@@ -174,6 +174,18 @@ def copy(out, source):
         out[i] = source[i]
 
 
+@nb.njit([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
+def copy_streaming(out, source):
+    """Out = source with streaming stores, then a fence.
+
+    For shared memory that a peer core reads next (see
+    ``_atomics.store_streaming``).
+    """
+    for i in range(out.size):
+        store_streaming(out, i, source[i])
+    fence()
+
+
 @nb.njit(_sigs(nb.void, _combine_args), **_OPTIONS)
 def combine(out, lo, hi, code, divisor):
     """Out = lo op hi (may alias either input); SUM_DIV divides the sum.
@@ -202,52 +214,58 @@ def fold_rows(out, win, start, stride, nrows, mine_row, mine, code, last, diviso
         lo = out
 
 
-@nb.njit(nogil=True)
-def _pair_both(out, also, lo, hi, code, divisor):
-    # out = also = lo op hi, through a buffer that stays in L1: each piece
-    # of lo and hi is read before out or also (either may alias them) is
-    # written, and memory sees one pass instead of a fold and a copy.
-    piece = np.empty(min(out.size, _PIECE), out.dtype)
-    for at in range(0, out.size, _PIECE):
-        n = min(_PIECE, out.size - at)
-        part = piece[:n]
-        _pair(part, lo[at:at + n], hi[at:at + n], code, divisor)
-        _copy_both(out[at:at + n], also[at:at + n], part)
+@nb.njit(**_INLINE)
+def _row(win, start, stride, q, mine_row, mine, at, m):
+    # Elements at .. at + m of row q.
+    if q == mine_row:
+        return mine[at:at + m]
+    return win[start + q * stride + at:start + q * stride + at + m]
 
 
-@nb.njit(nogil=True)
-def _copy_both(out, also, source):
+@nb.njit(**_INLINE)
+def _copy(out, source):
     for i in range(out.size):
         out[i] = source[i]
-    for i in range(also.size):
-        also[i] = source[i]
+
+
+@nb.njit(**_INLINE)
+def _stream(out, source):
+    for i in range(out.size):
+        store_streaming(out, i, source[i])
 
 
 @nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)
 def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
-              also):
+              also, streaming):
     """Fold the rows in the ring all-reduce's order for a chunk that starts at row ``first``.
 
     ``acc = row first``, then ``acc = row q op acc`` for q = first + 1,
     first + 2, ... (cyclic): exactly the operands, in the order, of
     :func:`collectives.ring_allreduce`, so the two give the same bits.
-    Row ``mine_row`` comes from ``mine``.  The result goes to ``out`` and
-    ``also`` in one pass (the shared slot and the caller's buffer); ``out``
-    must not alias a row, ``also`` may alias ``mine``.
+    Row ``mine_row`` comes from ``mine``.  The result goes to ``out`` (with
+    streaming stores if ``streaming``: shared memory that peers read next,
+    see ``_atomics.store_streaming``) and to ``also`` (the caller's buffer;
+    may be empty), in one pass: each piece is folded in a buffer that stays
+    in L1, so ``out`` and ``also`` may alias ``mine``.
     """
     n = out.size
-    if nrows == 1:
-        _copy_both(out, also, mine if first == mine_row else win[start:start + n])
-        return
-    hi = mine if first == mine_row else win[start + first * stride:][:n]
-    for k in range(1, nrows):
-        q = (first + k) % nrows
-        lo = mine if q == mine_row else win[start + q * stride:start + q * stride + n]
-        if k < nrows - 1:
-            _pair(out, lo, hi, code, divisor)
-            hi = out
+    piece = np.empty(min(n, _PIECE), out.dtype)
+    for at in range(0, n, _PIECE):
+        m = min(_PIECE, n - at)
+        acc = piece[:m]
+        _copy(acc, _row(win, start, stride, first, mine_row, mine, at, m))
+        for k in range(1, nrows):
+            q = (first + k) % nrows
+            _pair(acc, _row(win, start, stride, q, mine_row, mine, at, m), acc,
+                  last if k == nrows - 1 else code, divisor)
+        if streaming:
+            _stream(out[at:at + m], acc)
         else:
-            _pair_both(out, also, lo, hi, last, divisor)
+            _copy(out[at:at + m], acc)
+        if also.size:
+            _copy(also[at:at + m], acc)
+    if streaming:
+        fence()
 
 
 @nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)

@@ -52,11 +52,17 @@ _STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 TUNE_MIN_BYTES = 1 << 20
 #: The candidates of the tuner, in the order of its choice codes: the
 #: shared-memory algorithm with the whole buffer as one block ("shm": the
-#: fewest waits) and in BLOCK_BYTES blocks ("shm-pipelined": data stays in
-#: cache, stages overlap), and the ring.  Which is fastest changes with the
+#: fewest waits), in BLOCK_BYTES blocks ("shm-pipelined": data stays in
+#: cache, stages overlap), with streaming stores into the window
+#: ("shm-streaming", blocks as "shm" up to WHOLE_BYTES and as
+#: "shm-pipelined" above), and the ring.  Which is fastest changes with the
 #: machine's state (BENCHMARKS.md): at 8 MiB, 2 ranks, one block took 2.8 ms
-#: and 512 KiB blocks 5.6 ms in one run; in another the blocks were faster.
-TUNED = ("shm", "shm-pipelined", "ring")
+#: and 512 KiB blocks 5.6 ms in one run; in another the blocks were faster;
+#: streaming stores took 0.30-0.53x MPI's time at 1-4 MiB in a slow-state
+#: run and 1.5-1.7x in a fast-state one, where "shm" took 0.63-0.77x.
+TUNED = ("shm", "shm-pipelined", "shm-streaming", "ring")
+#: The tuner's candidates for a shared array: plain and streaming stores.
+SHARED_TUNED = ("shared", "shared-streaming")
 
 _IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduce,
                     "tree": tree_allreduce, "rd": rd_allreduce, "shm": shm_allreduce,
@@ -132,13 +138,15 @@ def _named(buf, comm, name, op, timeout):
     # so ranks that chose differently ("auto" included) meet there and all
     # raise; shm on one node and rd across nodes carry it in their own.
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
-    layout = _state(comm, timeout).layout
+    state = _state(comm, timeout)
+    layout = state.layout
     options = dict(operation=f"allreduce/{name}", check=True, timeout=timeout)
     if name == "shm" and layout.nodes == 1:
         found = (None if shared_memory.is_small(buf.nbytes, layout.total)
                  else shared_arrays.find(comm, buf))
         if found is not None:
-            return _zero_copy(buf, comm, found, reduction, options["operation"], timeout)
+            return _zero_copy(buf, comm, state, found, reduction, options["operation"],
+                              timeout)
         return shared_memory.run(buf, comm, reduction, **options)
     if name == "rd" and layout.nodes > 1:
         return recursive_doubling.run(buf, comm, reduction, **options)
@@ -152,13 +160,13 @@ class _State:
     mpi4py takes 0.25 us to look up a set attribute, a tenth of a small
     call; so the node layout, the shared window of small calls (None until
     the first; replaced when it has been freed for a larger one) and the
-    tuner (None until the first tuned call) are fetched together.
+    tuners (None until the first tuned call) are fetched together.
     """
 
-    __slots__ = ("layout", "window", "tuner")
+    __slots__ = ("layout", "window", "tuner", "shared_tuner")
 
     def __init__(self, layout):
-        self.layout, self.window, self.tuner = layout, None, None
+        self.layout, self.window, self.tuner, self.shared_tuner = layout, None, None, None
 
     def small_window(self, comm):
         if self.window is None or self.window.freed:
@@ -197,7 +205,7 @@ def _auto(buf, comm, op, check, timeout):
     if layout.nodes == 1:
         found = shared_arrays.find(comm, buf)
         if found is not None:
-            return _zero_copy(buf, comm, found, reduction, "allreduce", timeout)
+            return _zero_copy(buf, comm, state, found, reduction, "allreduce", timeout)
     if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:
         return _tuned(buf, comm, state, reduction, op, timeout)
     name = choose_algorithm(nbytes, layout.total, nodes=layout.nodes)
@@ -214,14 +222,23 @@ def _auto(buf, comm, op, check, timeout):
     return _IMPLEMENTATIONS[name](buf, comm, op=op, check=False, timeout=timeout)
 
 
-def _zero_copy(buf, comm, found, reduction, operation, timeout):
+def _zero_copy(buf, comm, state, found, reduction, operation, timeout):
     # A shared array's all-reduce: its header exchange (always made: it is
     # also the arrival of every rank's data) names the offset in the array,
     # so ranks that passed plain buffers or other places raise a mismatch
-    # instead of waiting on counters that nobody else bumps.
-    shared_memory.window_agreement(buf, comm, reduction, timeout=timeout,
-                                   operation=f"{operation}/shared+{found[1]}")
-    return shared_arrays.run(buf, found, reduction, timeout=timeout)
+    # instead of waiting on counters that nobody else bumps; it also
+    # carries rank 0's pick of plain or streaming stores, timed as in _tuned.
+    if state.shared_tuner is None:
+        state.shared_tuner = _new_tuner(SHARED_TUNED)
+    tuner = state.shared_tuner
+    proposal = tuner.propose(buf.nbytes) if comm.Get_rank() == 0 and tuner.enabled else 0
+    picked = shared_memory.window_choice(buf, comm, reduction, proposal, timeout=timeout,
+                                         operation=f"{operation}/shared+{found[1]}")
+    start = time.perf_counter()
+    shared_arrays.run(buf, found, reduction, timeout=timeout,
+                      streaming=SHARED_TUNED[picked] == "shared-streaming")
+    tuner.record(buf.nbytes, picked, time.perf_counter() - start)
+    return buf
 
 
 def _tuned(buf, comm, state, reduction, op, timeout):
@@ -236,23 +253,30 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     picked = shared_memory.window_choice(buf, comm, reduction, proposal,
                                          operation="allreduce", timeout=timeout)
     start = time.perf_counter()
-    if TUNED[picked] == "ring":
+    name = TUNED[picked]
+    if name == "ring":
         ring_allreduce(buf, comm, op=op, check=False, timeout=timeout)
     else:
-        block_bytes = buf.nbytes if TUNED[picked] == "shm" else shared_memory.BLOCK_BYTES
+        blocks = {"shm": buf.nbytes, "shm-pipelined": shared_memory.BLOCK_BYTES}
         shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,
-                          timeout=timeout, block_bytes=block_bytes)
+                          timeout=timeout, block_bytes=blocks.get(name),
+                          streaming=name == "shm-streaming")
     tuner.record(buf.nbytes, picked, time.perf_counter() - start)
     return buf
 
 
 def _tuner(state):
-    # The tuner, made on the first tuned call; MPI_COLLECTIVES_TUNE=0
-    # (read on rank 0, whose choice counts) keeps the fixed thresholds.
+    # The tuner of plain buffers, made on the first tuned call.
     if state.tuner is None:
-        enabled = os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0"
-        state.tuner = Tuner(TUNED, enabled=enabled)
+        state.tuner = _new_tuner(TUNED)
     return state.tuner
+
+
+def _new_tuner(candidates):
+    # MPI_COLLECTIVES_TUNE=0 (read on rank 0, whose choice counts) keeps
+    # the fixed thresholds (plain buffers) or plain stores (shared arrays).
+    enabled = os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0"
+    return Tuner(candidates, enabled=enabled)
 
 
 def auto_choice(comm, nbytes):

@@ -109,11 +109,12 @@ def find(comm, buf):
     return None
 
 
-def run(buf, found, reduction, *, timeout):
+def run(buf, found, reduction, *, timeout, streaming=False):
     """All-reduce ``buf`` in place, found by :func:`find`, after the agreement exchange.
 
     The exchange (which names the offset, see ``allreduce``) must come
-    first: it is the arrival of every rank's data.
+    first: it is the arrival of every rank's data.  ``streaming``: write
+    with streaming stores (``_atomics.store_streaming``); same bits.
     """
     window, offset = found
     flat = kernel_view(buf)
@@ -126,16 +127,19 @@ def run(buf, found, reduction, *, timeout):
     at = (window.large_offset() + offset) // item  # the array's start in row 0
     starts, sizes = chunk_bounds(flat.size, size)
     with phase(window.comm, "zero-copy all-reduce", bytes=buf.nbytes):
-        _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction)
+        _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction,
+                         streaming)
         window.publish(REDUCED, call)
         window.wait(REDUCED, call, **wait)
-        _gather(flat, typed, at, stride, starts, sizes, rank, size)
+        _gather(flat, typed, at, stride, starts, sizes, rank, size,
+                K.copy_streaming if streaming else K.copy)
         window.publish(OUT, call)
         window.wait(OUT, call, **wait)  # peers are done reading my array
     return buf
 
 
-def _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction):
+def _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction,
+                     streaming):
     # Chunk `rank` of every row, folded from my own row in the ring's order
     # (the ring's chunk `rank` starts at row `rank`), into my row in place.
     lo, n = starts[rank], sizes[rank]
@@ -143,13 +147,13 @@ def _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reducti
         code, last = K.CODES[reduction.name]
         mine = flat[lo:lo + n]
         K.fold_ring(mine, typed, at + lo, stride, size, rank, rank, mine, code, last,
-                    float(size), mine[:0])
+                    float(size), mine[:0], streaming)
 
 
-def _gather(flat, typed, at, stride, starts, sizes, rank, size):
+def _gather(flat, typed, at, stride, starts, sizes, rank, size, copy):
     # The other ranks' finished chunks, from their rows.
     for q in range(size):
         lo, n = starts[q], sizes[q]
         if q != rank and n:
             theirs = q * stride + at + lo
-            K.copy(flat[lo:lo + n], typed[theirs:theirs + n])
+            copy(flat[lo:lo + n], typed[theirs:theirs + n])

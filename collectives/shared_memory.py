@@ -96,12 +96,14 @@ def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
                timeout=timeout)
 
 
-def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None):
+def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None,
+        streaming=False):
     """The shared-memory all-reduce after the checks (``allreduce`` calls this).
 
     ``block_bytes``: the large mode's block size; None: the whole buffer up
-    to ``WHOLE_BYTES``, ``BLOCK_BYTES`` above (the tuner of "auto" tries
-    both at every size).  Every block size gives the same bits.
+    to ``WHOLE_BYTES``, ``BLOCK_BYTES`` above.  ``streaming``: write the
+    window with streaming stores (``_atomics.store_streaming``).  The tuner
+    of "auto" tries these variants; all give the same bits.
     """
     if comm.Get_size() == 1:
         return buf
@@ -118,7 +120,7 @@ def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None):
     slots = min(SLOTS, -(-flat.size // block))
     window = shared_window(comm, slots * block * flat.itemsize)
     with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):
-        _pipeline(window, flat, block, reduction, operation, timeout)
+        _pipeline(window, flat, block, reduction, operation, timeout, streaming)
     return buf
 
 
@@ -248,12 +250,12 @@ def fold_window(window, out, offset, reduction, *, mine_row=-1, mine=None, code=
          float(window.size))
 
 
-def _pipeline(window, flat, block, reduction, operation, timeout):
+def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
     # Step t: copy in block t, reduce my slice of block t - 1, copy out
     # the other slices of block t - 2.
     nblocks = -(-flat.size // block)
     first = window.begin_blocks(block * flat.itemsize, operation=operation, timeout=timeout)
-    stages = _Stages(window, flat, block, reduction, operation, timeout)
+    stages = _Stages(window, flat, block, reduction, operation, timeout, streaming)
     for t in range(nblocks + 2):
         if t < nblocks:
             stages.copy_in(first + t, t)
@@ -266,8 +268,10 @@ def _pipeline(window, flat, block, reduction, operation, timeout):
 class _Stages:
     """The three pipeline stages for block ``b`` of a call (global block number ``g``)."""
 
-    def __init__(self, window, flat, block, reduction, operation, timeout):
+    def __init__(self, window, flat, block, reduction, operation, timeout, streaming):
         self.window, self.flat, self.block = window, flat, block
+        self.streaming = streaming
+        self.copy_in_kernel = K.copy_streaming if streaming else K.copy
         self.reduction, self.wait = reduction, dict(operation=operation, timeout=timeout)
         self.typed = window.typed(flat.dtype)
         self.item = flat.itemsize
@@ -293,8 +297,9 @@ class _Stages:
         start, length, (starts, sizes) = self._span(b)
         lo, hi = starts[self.rank], starts[self.rank] + sizes[self.rank]
         mine = self._slot(b, self.rank)
-        K.copy(self.typed[mine:mine + lo], self.flat[start:start + lo])
-        K.copy(self.typed[mine + hi:mine + length], self.flat[start + hi:start + length])
+        self.copy_in_kernel(self.typed[mine:mine + lo], self.flat[start:start + lo])
+        self.copy_in_kernel(self.typed[mine + hi:mine + length],
+                            self.flat[start + hi:start + length])
         self.window.publish(IN, g + 1)
 
     def reduce(self, g, b):
@@ -308,7 +313,7 @@ class _Stages:
             out = self.typed[mine + at:mine + at + length]
             user = self.flat[start + lo + at:start + lo + at + length]
             K.fold_ring(out, self.typed, row0 + at, self.stride, self.size, first,
-                        self.rank, user, *self.codes, user)
+                        self.rank, user, *self.codes, user, self.streaming)
         self.window.publish(REDUCED, g + 1)
 
     def _ring_pieces(self, begin, n):

@@ -18,6 +18,7 @@ from test_allreduce import assert_identical_on_all_ranks, assert_reduced, gather
 import collectives as C
 from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout, ranks_per_node_from_env
+from collectives._ops import resolve_op
 from collectives._tuner import TRIALS, Tuner
 from collectives._window import SMALL_BYTES, shared_window
 from collectives.allreduce import TUNED
@@ -93,11 +94,15 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
     monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(shared_memory, "WHOLE_BYTES", 0)
     monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)  # the pipeline from 16 KiB
-    x = rank_data(comm, 20_011, dtype, positive=op == "prod")
-    ring = x.copy()
-    _check(x, comm, op, lambda b: C.shm_allreduce(b, comm, op=op))
-    C.ring_allreduce(ring, comm, op=op)
-    assert x.tobytes() == ring.tobytes(), np.flatnonzero(x != ring)[:5]
+    for streaming in (False, True):  # plain and streaming stores into the window
+        x = rank_data(comm, 20_011, dtype, positive=op == "prod")
+        ring = x.copy()
+        reduction = resolve_op(op, x.dtype)
+        _check(x, comm, op, lambda b: shared_memory.run(
+            b, comm, reduction, operation="test", check=True, timeout=None,
+            streaming=streaming))
+        C.ring_allreduce(ring, comm, op=op)
+        assert x.tobytes() == ring.tobytes(), (streaming, np.flatnonzero(x != ring)[:5])
 
 
 def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):

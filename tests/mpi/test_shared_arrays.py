@@ -3,6 +3,7 @@
 Run under ``mpiexec -n K python -m mpi4py -m pytest tests/mpi``.
 """
 
+import importlib
 import time
 
 import numpy as np
@@ -14,6 +15,8 @@ import collectives as C
 import optim
 from collectives import shared_arrays, shared_memory
 from collectives._nodes import node_layout
+
+ALLREDUCE = importlib.import_module("collectives.allreduce")  # the module, not the function
 
 DTYPES = ("float32", "float64", "float16", "int32", "int64")
 
@@ -44,7 +47,8 @@ def test_shared_array_is_zeroed_and_each_ranks_own(own):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ("sum", "prod", "min", "max", "avg"))
-def test_zero_copy_equals_the_ring_bitwise(own, dtype, op, monkeypatch):
+@pytest.mark.parametrize("stores", ("shared", "shared-streaming"))
+def test_zero_copy_equals_the_ring_bitwise(own, dtype, op, stores, monkeypatch):
     # Every chunk is folded in the ring's order: the same bits as the ring
     # and the pipeline, whichever runs.  No small mode: counts 1, < size
     # and primes go through the zero-copy path too.  (Forced into several
@@ -52,6 +56,8 @@ def test_zero_copy_equals_the_ring_bitwise(own, dtype, op, monkeypatch):
     if op == "avg" and dtype.startswith("int"):
         pytest.skip("avg is for floating dtypes")
     monkeypatch.setattr(shared_memory, "SMALL_BYTES", 0)
+    monkeypatch.setenv("MPI_COLLECTIVES_TUNE", "0")  # the first candidate, always:
+    monkeypatch.setattr(ALLREDUCE, "SHARED_TUNED", (stores, "shared"))  # this one
     for count in (1, 3, 1009, 70_001):
         x = rank_data(own, count, dtype, positive=op == "prod")
         ring, shared, table = x.copy(), _shared_copy(own, x), gather_inputs(x, own)
