@@ -48,11 +48,12 @@ def test_combine_in_place_equals_out_of_place(dtype, code):
     assert on_lo.tobytes() == want.tobytes() and on_hi.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("rows,first,mine_row", [(1, 0, 0), (2, 1, 0), (3, 2, 1), (4, 1, 1)])
-def test_fold_ring_in_ring_order_to_both_outputs(rows, first, mine_row):
+def test_fold_ring_in_ring_order_to_both_outputs(rows, first, mine_row, streaming):
     # acc = row first, then acc = row q + acc cyclically; the result lands
-    # in out and in also (here the caller's own row, which it reads too),
-    # over more elements than one of the kernel's L1 pieces.
+    # in out (plain or streaming stores) and in also (here the caller's own
+    # row, which it reads too), over more elements than one L1 piece.
     n, stride = 5000, 5008
     win = _data("float32", stride * rows, seed=7)
     mine = _data("float32", n, seed=8)
@@ -61,7 +62,8 @@ def test_fold_ring_in_ring_order_to_both_outputs(rows, first, mine_row):
     for k in range(1, rows):
         want = row[(first + k) % rows] + want
     out, also = np.empty(n, np.float32), mine
-    K.fold_ring(out, win, 0, stride, rows, first, mine_row, mine, K.SUM, K.SUM, 1.0, also)
+    K.fold_ring(out, win, 0, stride, rows, first, mine_row, mine, K.SUM, K.SUM, 1.0, also,
+                streaming)
     assert out.tobytes() == want.tobytes() and also.tobytes() == want.tobytes()
 
 
