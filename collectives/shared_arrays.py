@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from collectives import _combine_kernels as K
+from collectives._agree import check_agreement
 from collectives._chunks import chunk_bounds
 from collectives._lifetime import release_keyval
 from collectives._nodes import node_layout
@@ -52,12 +53,13 @@ class _Arrays(list):
 def shared_array(comm, shape, dtype=np.float32):
     """Return a zeroed array of ``shape`` and ``dtype`` in memory that all ranks share.
 
-    Collective over ``comm``, whose ranks must all be on one node and pass
-    the same ``shape`` and ``dtype`` (``ValueError`` on every rank if
-    not).  The memory lives until ``comm`` is freed (for ``COMM_WORLD``:
-    until MPI ends).  ``allreduce(algorithm="auto")`` and ``"shm"`` on
-    this array, or on a contiguous slice of it taken at the same place on
-    every rank, skip the copy into shared memory.
+    Collective over ``comm``, whose ranks must all be on one node
+    (``ValueError``) and pass the same size and ``dtype``
+    (``CollectiveMismatchError`` on every rank if not).  The memory lives
+    until ``comm`` is freed (for ``COMM_WORLD``: until MPI ends).
+    ``allreduce(algorithm="auto")`` and ``"shm"`` on this array, or on a
+    contiguous slice of it taken at the same place on every rank, skip the
+    copy into shared memory.
     """
     dtype = np.dtype(dtype)
     if dtype not in DTYPES:
@@ -66,7 +68,9 @@ def shared_array(comm, shape, dtype=np.float32):
     count = int(np.prod(shape, dtype=np.int64))
     if count < 0 or any(int(n) < 0 for n in np.atleast_1d(shape)):
         raise ValueError(f"shape must not be negative, got {shape}")
-    _check_same(comm, count, dtype)
+    # Before the window: segments of different sizes would break its layout.
+    check_agreement(comm, "shared_array", [("count", count, count),
+                                           ("dtype", DTYPES.index(dtype), str(dtype))])
     if node_layout(comm, ranks_per_node=0, operation="shared_array").nodes > 1:
         raise ValueError(f"shared_array needs all {comm.Get_size()} ranks on one node")
     window = SharedWindow(comm, count * dtype.itemsize)
@@ -80,19 +84,6 @@ def shared_array(comm, shape, dtype=np.float32):
     array[...] = 0
     comm.Barrier()  # nobody reads a peer's array before it is zeroed
     return array
-
-
-def _check_same(comm, count, dtype):
-    # Before the window: segments of different sizes would break its layout.
-    mine = np.array([count, DTYPES.index(dtype)], dtype=np.int64)
-    low, high = np.empty_like(mine), np.empty_like(mine)
-    comm.Allreduce(mine, low, op=MPI.MIN)
-    comm.Allreduce(mine, high, op=MPI.MAX)
-    if np.any(low != high):
-        raise ValueError(f"shared_array: ranks disagree on the size: counts "
-                         f"{low[0]}..{high[0]}, dtypes "
-                         f"{DTYPES[low[1]]}..{DTYPES[high[1]]}; this rank asked for "
-                         f"{count} of {dtype}")
 
 
 def find(comm, buf):
