@@ -11,11 +11,11 @@ within a row only.
 """
 
 import sys
-import time
 
 import numpy as np
 from mpi4py import MPI
 
+from benchmarks._harness import rank_stats, time_block
 from collectives import shared_memory
 from collectives._ops import resolve_op
 
@@ -38,15 +38,6 @@ def _runners(comm, buf, plain):
     return runs
 
 
-def _time(comm, run, count, iters):
-    run(count)  # warm-up: the window may grow
-    comm.Barrier()
-    start = time.perf_counter()
-    for _ in range(iters):
-        run(count)
-    return comm.allreduce(time.perf_counter() - start, op=MPI.MAX) / iters
-
-
 def main(argv=None, comm=MPI.COMM_WORLD):
     repeats = int((sys.argv[1:] if argv is None else argv or ["5"])[0])
     buf = np.ones(SIZES[-1] // 4, np.float32)
@@ -59,7 +50,8 @@ def main(argv=None, comm=MPI.COMM_WORLD):
         times = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():
-                times[name].append(_time(comm, run, count, iters))
+                seconds = time_block(lambda: run(count), comm, 1, iters)  # 1: the window may grow
+                times[name].append(rank_stats(seconds, comm)[2])  # max over ranks
         median = {name: float(np.median(t)) for name, t in times.items()}
         if comm.Get_rank() == 0:
             print(f"{nbytes >> 20:4d} MiB {median['mpi'] * 1e6:8.0f}  " + "  ".join(
