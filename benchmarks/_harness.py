@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ from mpi4py import MPI
 
 __all__ = [
     "parse_size", "parse_sizes", "iterations", "time_block", "rank_stats",
-    "median_stats", "machine_info", "format_bytes",
+    "median_stats", "machine_info", "format_bytes", "count_argument",
 ]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -56,6 +57,12 @@ def iterations(nbytes, count, *, floor=MIN_ITERS):
     if nbytes <= LARGE:
         return count
     return max(floor, count * LARGE // nbytes)
+
+
+def count_argument(argv, default):
+    """Return the one optional positional count of a probe (``sys.argv`` when None)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return int(args[0]) if args else default
 
 
 def time_block(run, comm, warmup, iters):

@@ -10,12 +10,11 @@ the numbers move with the machine's state (BENCHMARKS.md), so compare
 within a row only.
 """
 
-import sys
 
 import numpy as np
 from mpi4py import MPI
 
-from benchmarks._harness import rank_stats, time_block
+from benchmarks._harness import count_argument, rank_stats, time_block
 from collectives import shared_memory
 from collectives._ops import resolve_op
 
@@ -39,7 +38,7 @@ def _runners(comm, buf, plain):
 
 
 def main(argv=None, comm=MPI.COMM_WORLD):
-    repeats = int((sys.argv[1:] if argv is None else argv or ["5"])[0])
+    repeats = count_argument(argv, 5)
     buf = np.ones(SIZES[-1] // 4, np.float32)
     runs = _runners(comm, buf, np.ones_like(buf))
     if comm.Get_rank() == 0:

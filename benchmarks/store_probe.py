@@ -11,12 +11,12 @@ shows): median write time of each kind, and of the peer's read after it.
 This is the measurement behind the "shm-streaming" candidate of "auto".
 """
 
-import sys
 import time
 
 import numpy as np
 from mpi4py import MPI
 
+from benchmarks._harness import count_argument
 from collectives import _combine_kernels as K
 
 __all__ = ["main"]
@@ -49,7 +49,7 @@ def _round(comm, rows, mine, kinds):
 
 
 def main(argv=None, comm=MPI.COMM_WORLD):
-    rounds = int((sys.argv[1:] if argv is None else argv or ["12"])[0])
+    rounds = count_argument(argv, 12)
     if comm.Get_size() != 2:
         raise SystemExit("store_probe: run it on exactly 2 ranks")
     win = MPI.Win.Allocate_shared(ROW * 4, 4, comm=comm)
