@@ -65,10 +65,10 @@ def store_streaming(typingctx, array, index, value):
     The line is written without first being read into this core's cache
     (x86 ``movnt``), so a line that a peer core holds costs one
     invalidation instead of a read-for-ownership from that core: 512 KiB
-    into a shared slot that the peer had just read took 219-296 us with
-    plain stores and 37-51 us with these, in the VM's slow state (53-62 us
-    and 37-51 us in its fast one).  Weakly ordered: end with :func:`fence`
-    before anything publishes the data.
+    into a shared slot that the peer had just read took 219-298 us with
+    plain stores in the VM's slow state and 39-62 us in its fast one, and
+    37-74 us with these in both (``benchmarks/store_probe.py``).  Weakly
+    ordered: end with :func:`fence` before anything publishes the data.
     """
     if not (isinstance(array, types.Array) and array.ndim == 1
             and isinstance(index, types.Integer)):

@@ -167,11 +167,22 @@ def _pair_overload(out, lo, hi, code, divisor):
     return _pair_f16 if out.dtype == nb.uint16 else _pair_native
 
 
+@nb.njit(**_INLINE)
+def _copy(out, source):
+    for i in range(out.size):
+        out[i] = source[i]
+
+
+@nb.njit(**_INLINE)
+def _stream(out, source):
+    for i in range(out.size):
+        store_streaming(out, i, source[i])
+
+
 @nb.njit([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
 def copy(out, source):
     """Out = source (numpy's slice assignment, without its per-call cost)."""
-    for i in range(out.size):
-        out[i] = source[i]
+    _copy(out, source)
 
 
 @nb.njit([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
@@ -181,8 +192,7 @@ def copy_streaming(out, source):
     For shared memory that a peer core reads next (see
     ``_atomics.store_streaming``).
     """
-    for i in range(out.size):
-        store_streaming(out, i, source[i])
+    _stream(out, source)
     fence()
 
 
@@ -220,18 +230,6 @@ def _row(win, start, stride, q, mine_row, mine, at, m):
     if q == mine_row:
         return mine[at:at + m]
     return win[start + q * stride + at:start + q * stride + at + m]
-
-
-@nb.njit(**_INLINE)
-def _copy(out, source):
-    for i in range(out.size):
-        out[i] = source[i]
-
-
-@nb.njit(**_INLINE)
-def _stream(out, source):
-    for i in range(out.size):
-        store_streaming(out, i, source[i])
 
 
 @nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)

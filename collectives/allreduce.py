@@ -231,9 +231,8 @@ def _zero_copy(buf, comm, state, found, reduction, operation, timeout):
     if state.shared_tuner is None:
         state.shared_tuner = _new_tuner(SHARED_TUNED)
     tuner = state.shared_tuner
-    proposal = tuner.propose(buf.nbytes) if comm.Get_rank() == 0 and tuner.enabled else 0
-    picked = shared_memory.window_choice(buf, comm, reduction, proposal, timeout=timeout,
-                                         operation=f"{operation}/shared+{found[1]}")
+    picked = _pick(tuner, buf, comm, reduction, fallback=0, timeout=timeout,
+                   operation=f"{operation}/shared+{found[1]}")
     start = time.perf_counter()
     shared_arrays.run(buf, found, reduction, timeout=timeout,
                       streaming=SHARED_TUNED[picked] == "shared-streaming")
@@ -246,12 +245,9 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     # calls (or by the thresholds, with tuning off); the pick rides in the
     # agreement exchange, so every rank runs it.  All give the same bits.
     tuner = _tuner(state)
-    proposal = 0
-    if comm.Get_rank() == 0:
-        proposal = (tuner.propose(buf.nbytes) if tuner.enabled else
-                    TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size())))
-    picked = shared_memory.window_choice(buf, comm, reduction, proposal,
-                                         operation="allreduce", timeout=timeout)
+    fallback = TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size()))
+    picked = _pick(tuner, buf, comm, reduction, fallback=fallback, operation="allreduce",
+                   timeout=timeout)
     start = time.perf_counter()
     name = TUNED[picked]
     if name == "ring":
@@ -263,6 +259,16 @@ def _tuned(buf, comm, state, reduction, op, timeout):
                           streaming=name == "shm-streaming")
     tuner.record(buf.nbytes, picked, time.perf_counter() - start)
     return buf
+
+
+def _pick(tuner, buf, comm, reduction, *, fallback, operation, timeout):
+    # Rank 0's proposal (its tuner's, or ``fallback`` with tuning off) rides
+    # in the header exchange; every rank gets it back and runs it.
+    proposal = 0
+    if comm.Get_rank() == 0:
+        proposal = tuner.propose(buf.nbytes) if tuner.enabled else fallback
+    return shared_memory.window_choice(buf, comm, reduction, proposal, operation=operation,
+                                       timeout=timeout)
 
 
 def _tuner(state):
