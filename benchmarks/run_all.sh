@@ -17,7 +17,7 @@ RANKS="${RANKS:-2 4}"
 SIZES="${SIZES:-8:64M}"
 LIMIT="${LIMIT:-1800}"   # seconds per command
 # every algorithm, and "auto" on a collectives.shared_array (zero-copy)
-ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,hierarchical,auto,auto-shared"
+ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,cma,hierarchical,auto,auto-shared"
 TUNED="glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 export NUMBA_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"

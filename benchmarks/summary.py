@@ -139,7 +139,8 @@ def traffic(name, p):
     """
     import math
 
-    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("shm", 5 * p - 2),
+    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("cma", 3 * p - 1),
+             ("shm", 5 * p - 2),
              ("doubling", 5 * p * math.ceil(math.log2(max(p, 2)))),
              ("ring", 7 * (p - 1)), ("tree", 7 * (p - 1)), ("mpi", 7 * (p - 1)))
     for key, factor in rules:

@@ -22,6 +22,7 @@ from collectives.reducer import GroupRecord, PartialReducer
 from collectives.ring import ring_allreduce
 from collectives.shared_arrays import shared_array
 from collectives.shared_memory import shm_allreduce
+from collectives.single_copy import cma_allreduce
 from collectives.tree import tree_allreduce, tree_bcast, tree_reduce
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "allreduce",
     "auto_choice",
     "choose_algorithm",
+    "cma_allreduce",
     "hierarchical_allreduce",
     "iallreduce",
     "mpi_allreduce",

@@ -54,16 +54,22 @@ class Tuner:
         self.enabled = enabled
         self.trials, self.keep, self.explore_every = trials, keep, explore_every
         self._sizes = {}  # bucket -> _Bucket
+        self._live = list(range(len(self.candidates)))  # not dropped
+
+    def drop(self, index):
+        """Never propose candidate ``index`` again (it cannot run here)."""
+        if index in self._live and len(self._live) > 1:
+            self._live.remove(index)
 
     def propose(self, nbytes):
         """Return the index of the candidate to run next for ``nbytes``."""
         bucket = self._bucket(nbytes)
-        fewest = min(range(len(self.candidates)), key=lambda i: len(bucket.times[i]))
+        fewest = min(self._live, key=lambda i: len(bucket.times[i]))
         if len(bucket.times[fewest]) < self.trials:
             return fewest  # still trying each candidate (or making its first call)
         best = self._best(bucket)
         if bucket.calls % self.explore_every == self.explore_every - 1:
-            others = [i for i in range(len(self.candidates)) if i != best]
+            others = [i for i in self._live if i != best]
             if others:  # the one tried longest ago
                 return min(others, key=lambda i: bucket.last_tried[i])
         return best
@@ -86,12 +92,12 @@ class Tuner:
     def best(self, nbytes):
         """The candidate the times favour for ``nbytes`` (None while still trying)."""
         bucket = self._sizes.get(nbytes.bit_length())
-        if bucket is None or any(len(t) < self.trials for t in bucket.times):
+        if bucket is None or any(len(bucket.times[i]) < self.trials for i in self._live):
             return None
         return self.candidates[self._best(bucket)]
 
     def _best(self, bucket):
-        return min(range(len(self.candidates)), key=lambda i: median(bucket.times[i]))
+        return min(self._live, key=lambda i: median(bucket.times[i]))
 
     def _bucket(self, nbytes):
         key = nbytes.bit_length()

@@ -8,7 +8,10 @@ byte ``i`` is at ``q * stride + i``.  A segment holds:
 
 - ``COUNTERS`` int64 progress counters, one per 64-byte cache line: a rank
   only writes its own and reads its peers' (CHOICE is no counter: rank 0
-  leaves there the algorithm it picked for a header exchange);
+  leaves there the algorithm it picked for a header exchange; PROCESS
+  holds the rank's process id, where the window starts in its address
+  space, and the address of its buffer in the current call, for
+  :mod:`collectives.single_copy`);
 - two 64-byte header slots and two small data slots (``SMALL_BYTES``
   each), used alternately by consecutive small calls (ARRIVE counts them);
 - a large area for the pipelined blocks, grown on demand.
@@ -36,9 +39,9 @@ from collectives._spin import SPIN, yield_after
 from collectives._wait import Deadline
 
 __all__ = ["SharedWindow", "shared_window", "ARRIVE", "IN", "REDUCED", "OUT", "CHOICE_AT",
-           "SMALL_BYTES", "HEADER_BYTES"]
+           "PID_AT", "BASE_AT", "BUFFER_AT", "SMALL_BYTES", "HEADER_BYTES"]
 
-ARRIVE, IN, REDUCED, OUT, CHOICE = range(5)
+ARRIVE, IN, REDUCED, OUT, CHOICE, PROCESS = range(6)
 COUNTERS = 8
 _LINE = 64
 HEADER_BYTES = 64
@@ -48,6 +51,10 @@ SMALL_BYTES = 256 * 1024
 _HEADERS = COUNTERS * _LINE
 #: Index in ``SharedWindow.words`` of rank 0's CHOICE word.
 CHOICE_AT = CHOICE * _LINE // 8
+#: Indices in a rank's row of ``SharedWindow.words`` of its process id,
+#: the address of the window's first byte in its process, and its buffer's
+#: address in the current call (written by ``single_copy.announce``).
+PID_AT, BASE_AT, BUFFER_AT = (PROCESS * _LINE // 8 + i for i in range(3))
 _SMALL = _HEADERS + 2 * HEADER_BYTES
 _LARGE = _SMALL + 2 * SMALL_BYTES
 _PAGE = 4096
@@ -74,6 +81,8 @@ class SharedWindow:
         self.bytes = np.frombuffer(whole, dtype=np.uint8)
         self.words = self.bytes.view(np.int64)
         self.row(0, _HEADERS)[:] = 0  # my counters; memory comes uninitialised
+        mine = self.rank * self.stride // 8
+        self.words[mine + PID_AT], self.words[mine + BASE_AT] = os.getpid(), base
         self.win.Sync()
         comm.Barrier()  # nobody reads a counter before its owner zeroed it
         # Yield the core between polls at once when ranks outnumber cores
@@ -83,6 +92,8 @@ class SharedWindow:
         # wait in Python (which also drives MPI progress and the deadline).
         self.fast_polls = FAST_POLLS if self.yield_after else 1
         self.freed = False
+        self.single_copy = None  # whether peers may read each other's memory; see single_copy
+        self.single_copy_error = None  # why not, if not
         self.sequence = 0  # small calls and header checks made so far
         self.blocks = 0  # large blocks passed so far
         self.slot_bytes = 0  # the large area's slot size in the last large call

@@ -15,7 +15,8 @@ raise a mismatch too instead of waiting for each other until the timeout.
 On one node, from ``TUNE_MIN_BYTES`` on, "auto" does not trust the
 thresholds alone: the shared-memory pipeline's speed there changes with
 how the machine places the ranks (2-4x between runs of the same binary,
-see BENCHMARKS.md), while the ring's does not.  Rank 0 times them on live
+see BENCHMARKS.md), while the ring's does not; the single-copy algorithm
+("cma") may not be allowed at all.  Rank 0 times the candidates on live
 calls (:class:`collectives._tuner.Tuner`, per power-of-two size) and
 sends its pick in the agreement exchange, so every rank runs the same
 algorithm; all fold every element in the same order, so the pick never
@@ -27,7 +28,13 @@ import time
 
 from mpi4py import MPI
 
-from collectives import hierarchical, recursive_doubling, shared_arrays, shared_memory
+from collectives import (
+    hierarchical,
+    recursive_doubling,
+    shared_arrays,
+    shared_memory,
+    single_copy,
+)
 from collectives._nodes import node_layout
 from collectives._prepare import prepare_local
 from collectives._tuner import Tuner
@@ -38,12 +45,13 @@ from collectives.pipelined_ring import pipelined_ring_allreduce
 from collectives.recursive_doubling import rd_allreduce
 from collectives.ring import ring_allreduce
 from collectives.shared_memory import shm_allreduce
+from collectives.single_copy import cma_allreduce
 from collectives.tree import tree_allreduce
 
 __all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_MIN_BYTES"]
 
 #: algorithm names accepted by :func:`allreduce`.
-ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi")
+ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "cma", "hierarchical", "mpi")
 
 _STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 
@@ -60,13 +68,16 @@ TUNE_MIN_BYTES = 1 << 20
 #: and 512 KiB blocks 5.6 ms in one run; in another the blocks were faster;
 #: streaming stores took 0.30-0.53x MPI's time at 1-4 MiB in a slow-state
 #: run and 1.5-1.7x in a fast-state one, where "shm" took 0.63-0.77x.
-TUNED = ("shm", "shm-pipelined", "shm-streaming", "ring")
+#: "cma" (collectives.single_copy: no copy into shared memory) is left out
+#: where the ranks may not read each other's memory.
+TUNED = ("shm", "shm-pipelined", "shm-streaming", "ring", "cma")
 #: The tuner's candidates for a shared array: plain and streaming stores.
 SHARED_TUNED = ("shared", "shared-streaming")
 
 _IMPLEMENTATIONS = {"ring": ring_allreduce, "pipelined": pipelined_ring_allreduce,
                     "tree": tree_allreduce, "rd": rd_allreduce, "shm": shm_allreduce,
-                    "hierarchical": hierarchical_allreduce, "mpi": mpi_allreduce}
+                    "cma": cma_allreduce, "hierarchical": hierarchical_allreduce,
+                    "mpi": mpi_allreduce}
 
 # Thresholds of "auto" (bytes), measured with float32 sums at 2 and 4
 # ranks on the 2-core development machine (MPICH 5.0.2), against MPI's own
@@ -109,7 +120,8 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
 
     Arguments and result are those of :func:`collectives.ring_allreduce`,
     plus ``algorithm``: "ring", "pipelined" (segmented ring), "tree",
-    "rd" (recursive doubling), "shm" (shared memory, one node),
+    "rd" (recursive doubling), "shm" (shared memory, one node), "cma"
+    (one node, each rank reading its peers' buffers directly; Linux),
     "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
     library's own ``Allreduce``, as a baseline) or "auto" (by message
     size and node layout, see :func:`choose_algorithm`; on one node from
@@ -148,6 +160,9 @@ def _named(buf, comm, name, op, timeout):
             return _zero_copy(buf, comm, state, found, reduction, options["operation"],
                               timeout)
         return shared_memory.run(buf, comm, reduction, **options)
+    if name == "cma" and layout.nodes == 1:
+        return single_copy.checked_run(buf, comm, reduction, operation=options["operation"],
+                                       timeout=timeout)
     if name == "rd" and layout.nodes > 1:
         return recursive_doubling.run(buf, comm, reduction, **options)
     _agree(buf, comm, reduction, layout, options["operation"], timeout)
@@ -244,14 +259,20 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     # One node, large: rank 0 picks one of TUNED from their times on earlier
     # calls (or by the thresholds, with tuning off); the pick rides in the
     # agreement exchange, so every rank runs it.  All give the same bits.
-    tuner = _tuner(state)
+    tuner, window = _tuner(state), shared_window(comm)
     fallback = TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size()))
+    single_copy.announce(window, buf)  # for "cma"; rides in the exchange
     picked = _pick(tuner, buf, comm, reduction, fallback=fallback, operation="allreduce",
                    timeout=timeout)
+    if TUNED[picked] == "cma" and not single_copy.usable(window):
+        tuner.drop(picked)  # on every rank; rank 0's is the one that counts
+        picked = TUNED.index("ring")
     start = time.perf_counter()
     name = TUNED[picked]
     if name == "ring":
         ring_allreduce(buf, comm, op=op, check=False, timeout=timeout)
+    elif name == "cma":
+        single_copy.run(buf, window, reduction, operation="allreduce", timeout=timeout)
     else:
         blocks = {"shm": buf.nbytes, "shm-pipelined": shared_memory.BLOCK_BYTES}
         shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,

@@ -60,3 +60,17 @@ def test_first_call_of_each_candidate_is_not_timed():
         tuner.record(MIB, i, 50.0 if i == 0 else 1.0)
     _run(tuner, MIB, {"shm": 0.5, "ring": 1.0}, 4)
     assert tuner.best(MIB) == "shm"
+
+
+def test_dropped_candidate_is_never_proposed_again():
+    # "cma" where ranks may not read each other: dropped after one proposal,
+    # even though its (recorded) times would be the best; the last one stays.
+    tuner = Tuner(("shm", "ring", "cma"), trials=2, explore_every=4)
+    _run(tuner, MIB, {"shm": 2.0, "ring": 3.0, "cma": 1.0}, 9)
+    assert tuner.best(MIB) == "cma"
+    tuner.drop(2)
+    picks = _run(tuner, MIB, {"shm": 2.0, "ring": 3.0, "cma": 1.0}, 16)
+    assert "cma" not in picks and tuner.best(MIB) == "shm" and "ring" in picks
+    tuner.drop(0)
+    tuner.drop(1)  # never the last candidate
+    assert set(_run(tuner, MIB, {"shm": 2.0, "ring": 3.0, "cma": 1.0}, 5)) == {"ring"}

@@ -19,9 +19,9 @@ DTYPES = ("float16", "float32", "float64", "int32", "int64")
 OPS = ("sum", "prod", "min", "max", "avg")
 MPI_OPS = {"sum": MPI.SUM, "avg": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN,
            "max": MPI.MAX}
-ALGORITHMS = ("ring", "pipelined", "tree", "rd", "shm", "hierarchical", "mpi", "auto")
+ALGORITHMS = ("ring", "pipelined", "tree", "rd", "shm", "cma", "hierarchical", "mpi", "auto")
 FUNCTIONS = [C.ring_allreduce, C.pipelined_ring_allreduce, C.tree_allreduce, C.rd_allreduce,
-             C.shm_allreduce, C.hierarchical_allreduce]
+             C.shm_allreduce, C.cma_allreduce, C.hierarchical_allreduce]
 
 
 def counts(comm):
@@ -105,8 +105,8 @@ def test_against_mpi_allreduce(comm, function, dtype):
         assert ours.tobytes() == theirs.tobytes()
 
 
-@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "hierarchical",
-                                       "auto"))
+@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "cma",
+                                       "hierarchical", "auto"))
 def test_large_and_shaped(comm, algorithm):
     x = rank_data(comm, 1_000_003, "float32").reshape(1_000_003, 1)
     table = gather_inputs(x, comm)
@@ -120,7 +120,8 @@ def test_large_and_shaped(comm, algorithm):
     np.testing.assert_array_equal(y, table.sum(axis=0, dtype=np.int32))
 
 
-@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "hierarchical"))
+@pytest.mark.parametrize("algorithm", ("ring", "pipelined", "tree", "rd", "shm", "cma",
+                                       "hierarchical"))
 def test_repeatable_bitwise(comm, algorithm):
     x = rank_data(comm, 4099, "float32")
     first, second = x.copy(), x.copy()

@@ -108,7 +108,7 @@ def test_still_usable_after_errors(world):
 
 @pytest.mark.parametrize("first", [False, True], ids=["later", "first-call"])
 @pytest.mark.parametrize("count", [10, 100_000])
-@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "rd", "shm", "hierarchical"])
+@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "rd", "shm", "cma", "hierarchical"])
 def test_algorithm_mismatch_with_auto(world, name, count, first):
     # Rank 1 names an algorithm, the others use "auto": every rank raises
     # at once (not a timeout), also as a communicator's first call, and the

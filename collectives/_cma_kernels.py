@@ -1,0 +1,85 @@
+"""Numba kernels that read another process's memory (Linux cross-memory attach).
+
+``process_vm_readv(2)`` copies bytes from another process's address space
+into ours in one kernel copy, as MPICH's and Open MPI's "CMA" transports do
+for large messages on one node.  The kernels call it through an
+``ExternalFunction`` (the symbol is resolved by name when the kernel is
+compiled, so, unlike a ctypes pointer, the compiled kernel can be cached),
+and compile lazily: on a system without the call nothing here compiles,
+and ``single_copy`` never calls them (``SUPPORTED`` is False).  They trust
+their inputs; ``single_copy`` checks.  Each returns the first rank whose
+memory it could not read, or -1.
+"""
+
+import ctypes
+import sys
+
+import numba as nb
+import numpy as np
+
+from collectives._combine_kernels import fold_ring
+
+__all__ = ["SUPPORTED", "pull", "reduce_chunk", "gather"]
+
+#: Whether this system has ``process_vm_readv`` (Linux >= 3.2, glibc >= 2.15).
+SUPPORTED = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None),
+                                                         "process_vm_readv")
+
+_readv = nb.types.ExternalFunction(
+    "process_vm_readv",
+    nb.int64(nb.int32, nb.uint64, nb.uint64, nb.uint64, nb.uint64, nb.uint64))
+_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+
+
+@nb.njit(nogil=True, inline="always")
+def _pull(pid, out, address, iov):
+    # out <- out.nbytes bytes at `address` (an int64: user addresses are
+    # below 2**63) in process `pid`; True if all came.
+    nbytes = out.nbytes
+    if nbytes == 0:
+        return True
+    iov[0], iov[1] = out.ctypes.data, nbytes  # local iovec
+    iov[2], iov[3] = address, nbytes  # remote iovec
+    base = np.uint64(iov.ctypes.data)
+    return _readv(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
+
+
+@nb.njit(**_OPTIONS)
+def pull(pid, out, address):
+    """Fill ``out`` from ``address`` in process ``pid``; return whether all bytes came."""
+    return _pull(pid, out, address, np.empty(4, np.uint64))
+
+
+@nb.njit(**_OPTIONS)
+def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, divisor):
+    """Fold every rank's copy of my chunk into ``mine``, in the ring's order.
+
+    Rank ``q``'s copy starts at ``addresses[q]`` in process ``pids[q]``.
+    Piece by piece (``piece`` elements), the other ranks' parts are read
+    into rows of ``scratch`` (row ``q`` at ``q * piece``), where they stay
+    in cache for ``fold_ring``, which folds from row ``rank`` (the ring's
+    chunk ``rank`` starts there) with ``mine`` as that row, in place.
+    """
+    size, item = pids.size, mine.itemsize
+    iov = np.empty(4, np.uint64)
+    for at in range(0, mine.size, piece):
+        m = min(piece, mine.size - at)
+        for q in range(size):
+            row = scratch[q * piece:q * piece + m]
+            if q != rank and not _pull(pids[q], row, addresses[q] + at * item, iov):
+                return q
+        part = mine[at:at + m]
+        fold_ring(part, scratch, 0, piece, size, rank, rank, part, code, last, divisor,
+                  part[:0], False)
+    return -1
+
+
+@nb.njit(**_OPTIONS)
+def gather(flat, pids, addresses, starts, sizes, rank):
+    """Copy chunk ``q`` (``starts[q]``, ``sizes[q]``) of every other rank's buffer into ``flat``."""
+    iov, item = np.empty(4, np.uint64), flat.itemsize
+    for q in range(pids.size):
+        lo, n = starts[q], sizes[q]
+        if q != rank and not _pull(pids[q], flat[lo:lo + n], addresses[q] + lo * item, iov):
+            return q
+    return -1

@@ -1,0 +1,174 @@
+"""All-reduce of plain buffers on one node, each byte read once from its owner's memory.
+
+The shared-memory pipeline (:mod:`collectives.shared_memory`) must first
+copy a plain NumPy buffer into the shared window, which is most of its
+memory traffic.  Here each rank reads its peers' buffers where they are,
+with Linux's cross-memory attach (``process_vm_readv``, one kernel copy:
+what MPICH and Open MPI use for large messages on one node, and what
+XPMEM-based collectives build on).  Per rank ``r``, with chunks as in
+:func:`collectives.ring_allreduce`:
+
+1. arrive: the shared window's header exchange (the agreement check),
+   which also carries every rank's buffer address (:func:`announce`) and
+   says every rank's data is ready;
+2. reduce: rank ``r`` reads chunk ``r`` of every peer's buffer, a cache
+   sized piece at a time, and folds the pieces into its own chunk in
+   place, in the ring's order (so the bits equal the ring's);
+3. gather: once all have reduced, rank ``r`` reads every peer's finished
+   chunk straight into its buffer;
+4. leave: every rank waits until all have gathered, so nobody changes its
+   buffer while a peer still reads it.
+
+Per rank at 2 ranks that is 2.5 times the buffer read and written, as for
+a :func:`collectives.shared_array`, against 4 for the pipeline and 3.5 for
+a ring (BENCHMARKS.md, "Cost model").  Reading another process needs the
+permission to trace it: same user, and no seccomp or Yama rule against it.
+Each process allows its peers (``prctl(PR_SET_PTRACER)``, as MPICH does);
+:func:`usable` probes once per window, on every rank together, and "auto"
+leaves this algorithm out where the probe fails.
+"""
+
+import ctypes
+import os
+
+import numpy as np
+from mpi4py import MPI
+
+from collectives import _cma_kernels as C
+from collectives import _combine_kernels as K
+from collectives._chunks import chunk_bounds
+from collectives._nodes import node_layout
+from collectives._ops import kernel_view
+from collectives._prepare import prepare_local
+from collectives._scratch import scratch
+from collectives._window import BASE_AT, BUFFER_AT, OUT, PID_AT, REDUCED, shared_window
+from collectives.shared_memory import window_agreement
+from collectives.timeline import phase
+
+__all__ = ["cma_allreduce", "checked_run", "run", "announce", "usable", "PIECE_BYTES"]
+
+#: Bytes of each peer's chunk read per step of the reduction: the pieces of
+#: all peers together stay in the L2 while they are folded.  2 ranks,
+#: time / MPI's at 1-64 MiB: 128 KiB 0.31-1.36, 256 KiB 0.31-0.86,
+#: 1 MiB 0.28-0.79; 4 ranks: 256 KiB 0.31-0.80, 1 MiB 0.34-1.14.
+PIECE_BYTES = 256 << 10
+_PR_SET_PTRACER, _PR_SET_PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1)
+
+
+def cma_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
+    """All-reduce ``buf`` in place, every rank reading its peers' buffers directly.
+
+    Arguments and result are those of :func:`collectives.ring_allreduce`.
+    ``comm``'s ranks must all be on one node (``ValueError``), and be
+    allowed to read each other's memory (``RuntimeError`` on every rank if
+    not; see :func:`usable`).  The agreement check is made whatever
+    ``check`` says: its exchange also carries the buffers' addresses.
+    """
+    reduction = prepare_local("cma_allreduce", buf, comm, op=op, timeout=timeout)
+    layout = node_layout(comm, ranks_per_node=0, operation="cma_allreduce", timeout=timeout)
+    if layout.nodes > 1:
+        raise ValueError(f"cma_allreduce needs all ranks on one node, but the "
+                         f"{comm.Get_size()} ranks span {layout.nodes} nodes")
+    return checked_run(buf, comm, reduction, operation="cma_allreduce", timeout=timeout)
+
+
+def checked_run(buf, comm, reduction, *, operation, timeout):
+    """Announce, check agreement, and run; ``RuntimeError`` if the ranks cannot read each other."""
+    if comm.Get_size() == 1:
+        return buf
+    window = shared_window(comm)
+    announce(window, buf)
+    window_agreement(buf, comm, reduction, operation=operation, timeout=timeout)
+    if not usable(window):
+        raise RuntimeError(f"{operation}: {window.single_copy_error}")
+    return run(buf, window, reduction, operation=operation, timeout=timeout)
+
+
+def announce(window, buf):
+    """Leave ``buf``'s address where peers read it after the next header exchange.
+
+    One word per rank suffices: a peer reads it right after that exchange,
+    and this rank writes the next one only after the call's last wait.
+    """
+    window.words[window.rank * window.stride // 8 + BUFFER_AT] = MPI.Get_address(buf)
+
+
+def usable(window):
+    """Whether every rank of ``window`` can read every other's memory.
+
+    Collective the first time per window (every rank must call it at the
+    same point, after an agreement exchange); cached after that.  Each rank
+    allows its peers to read it, then reads each peer's process id from
+    that peer's own memory; all ranks learn whether all succeeded.
+    """
+    if window.single_copy is None:
+        if C.SUPPORTED:  # as MPICH does; without Yama this fails (EINVAL), harmlessly
+            ctypes.CDLL(None).prctl(_PR_SET_PTRACER, _PR_SET_PTRACER_ANY, 0, 0, 0)
+        window.comm.Barrier()  # every rank allows its peers before any reads
+        error = _probe(window)
+        flags = np.array([error is None], dtype=np.int32)
+        window.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MIN)
+        window.single_copy = bool(flags[0])
+        window.single_copy_error = error or (
+            "another rank could not read its peers' memory with process_vm_readv")
+    return window.single_copy
+
+
+def _probe(window):
+    # None if this rank read every peer's pid word from the peer's memory,
+    # else why not.
+    if not C.SUPPORTED:
+        return "this system has no process_vm_readv (Linux only)"
+    pids, bases = _column(window, PID_AT), _column(window, BASE_AT)
+    got = np.zeros(1, dtype=np.int64)
+    for q in range(window.size):
+        theirs = int(bases[q]) + q * window.stride + PID_AT * 8
+        if q != window.rank and not (C.pull(int(pids[q]), got, theirs) and got[0] == pids[q]):
+            return (f"rank {window.rank} (pid {os.getpid()}) cannot read the memory of "
+                    f"rank {q} (pid {int(pids[q])}) with process_vm_readv: not permitted "
+                    "(seccomp, Yama ptrace_scope, or another user or PID namespace)")
+    return None
+
+
+def _column(window, index):
+    # Word `index` of every rank's row, as a contiguous int64 array.
+    return np.ascontiguousarray(window.words[index::window.stride // 8][:window.size])
+
+
+def run(buf, window, reduction, *, operation, timeout):
+    """The all-reduce, after a header exchange that followed :func:`announce` on every rank."""
+    flat = kernel_view(buf)
+    if window.size == 1 or flat.size == 0:
+        return buf
+    wait = dict(operation=operation, timeout=timeout)
+    call = window.blocks = window.blocks + 1  # one "block" of the window's counters
+    rank, size = window.rank, window.size
+    pids, addresses = _column(window, PID_AT), _column(window, BUFFER_AT)
+    starts, sizes = (np.array(v, dtype=np.int64) for v in chunk_bounds(flat.size, size))
+    with phase(window.comm, "single-copy all-reduce", bytes=buf.nbytes):
+        _check(C.reduce_chunk(*_reduce_args(window, flat, reduction, pids, addresses,
+                                            starts, sizes)), pids, operation)
+        window.publish(REDUCED, call)
+        window.wait(REDUCED, call, **wait)
+        _check(C.gather(flat, pids, addresses, starts, sizes, rank), pids, operation)
+        window.publish(OUT, call)
+        window.wait(OUT, call, **wait)  # peers are done reading my buffer
+    return buf
+
+
+def _reduce_args(window, flat, reduction, pids, addresses, starts, sizes):
+    # reduce_chunk's arguments for my chunk: every rank's copy of it.
+    rank, size, item = window.rank, window.size, flat.itemsize
+    lo, n = int(starts[rank]), int(sizes[rank])
+    piece = max(1, PIECE_BYTES // item)
+    rows = scratch(window.comm, "single-copy", size * piece, flat.dtype)
+    code, last = K.CODES[reduction.name]
+    return (flat[lo:lo + n], pids, addresses + lo * item, rank, rows,
+            piece, code, last, float(size))
+
+
+def _check(failed, pids, operation):
+    # A read that the probe allowed failed now: the peer is gone or broken.
+    if failed >= 0:
+        raise RuntimeError(f"{operation}: could not read the buffer of rank {failed} "
+                           f"(pid {int(pids[failed])}) with process_vm_readv")
