@@ -20,10 +20,13 @@ def _run(tuner, nbytes, cost, calls):
 def test_tries_each_candidate_then_runs_the_faster():
     tuner = Tuner(("shm", "ring"), trials=3, explore_every=8)
     picks = _run(tuner, 4 * MIB, {"shm": 2.0, "ring": 1.0}, 8)
-    assert sorted(picks) == ["ring"] * 4 + ["shm"] * 4  # an untimed first call each
+    # Each tried in a row, after an untimed first call (a switch).
+    assert picks in (["ring"] * 4 + ["shm"] * 4, ["shm"] * 4 + ["ring"] * 4)
     assert tuner.best(4 * MIB) == "ring"
     picks = _run(tuner, 4 * MIB, {"shm": 2.0, "ring": 1.0}, 16)
-    assert picks.count("shm") == 2  # one call in 8 retries the slower one
+    # Calls 15 and 23 of the size retry the slower one, which runs twice
+    # (untimed, then timed): calls 15, 16 and 23 here.
+    assert [i for i, p in enumerate(picks, start=8) if p == "shm"] == [15, 16, 23]
     assert tuner.chosen(4 * MIB) == picks[-1]
 
 
@@ -33,7 +36,8 @@ def test_notices_when_the_machine_changes():
     assert tuner.best(MIB) == "shm"
     _run(tuner, MIB, {"shm": 5.0, "ring": 2.0}, 14)  # shm got slow
     assert tuner.best(MIB) == "ring"
-    assert _run(tuner, MIB, {"shm": 5.0, "ring": 2.0}, 3) == ["ring"] * 3
+    picks = _run(tuner, MIB, {"shm": 5.0, "ring": 2.0}, 8)
+    assert picks.count("ring") >= 4 and tuner.best(MIB) == "ring", picks  # retries: 2 in 4
 
 
 def test_sizes_are_tuned_apart_and_outliers_do_not_decide():
@@ -54,11 +58,12 @@ def test_bad_settings():
 
 
 def test_first_call_of_each_candidate_is_not_timed():
-    # It pays one-off costs (a window to grow, buffers to allocate).
+    # It pays one-off costs (a window to grow, buffers to allocate), and
+    # so does every call after a switch (a cold cache).
     tuner = Tuner(("shm", "ring"), trials=2, explore_every=8)
     for i in (0, 1):  # each candidate's first call: very slow
         tuner.record(MIB, i, 50.0 if i == 0 else 1.0)
-    _run(tuner, MIB, {"shm": 0.5, "ring": 1.0}, 4)
+    _run(tuner, MIB, {"shm": 0.5, "ring": 1.0}, 5)
     assert tuner.best(MIB) == "shm"
 
 
