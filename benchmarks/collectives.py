@@ -303,8 +303,8 @@ def _skips_pass(names, runners, report):
 def _measure(runners, comm, nbytes, args):
     # Median over repeats of (avg, min, max) over ranks, algorithms interleaved.
     # "auto" and "auto-shared" are warmed up past their tuners' trials on the first repeat, as a
-    # training job is after its first few steps (exploration calls, one in
-    # EXPLORE_EVERY, stay in the timing).
+    # training job is after its first few steps (the retries of the other
+    # candidates, collectives._tuner.EXPLORE_SHARE of the time, stay in the timing).
     warmup, iters = iterations(nbytes, args.warmup, floor=1), iterations(nbytes, args.iters)
     trials = {"auto": len(_ALLREDUCE.TUNED) * (TRIALS + 1),  # + an untimed first call each
               "auto-shared": len(_ALLREDUCE.SHARED_TUNED) * (TRIALS + 1)}
