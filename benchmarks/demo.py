@@ -7,14 +7,19 @@ import numpy as np
 from mpi4py import MPI
 
 import collectives
+from collectives._tuner import TRIALS
+from collectives.allreduce import TUNED
 
 SIZES = (1 << 10, 1 << 20, 16 << 20)  # bytes of float32
 REPEATS = 9
-WARMUP = 8  # untimed calls first: "auto" is then past its tuner's trials
+WARMUP = 8  # untimed calls first
+#: "auto" also makes its tuner's trials (each candidate's switch call and
+#: timed calls) untimed, as a training job has after its first steps.
+AUTO_WARMUP = len(TUNED) * (TRIALS + 1)
 
 
 def _time(algorithm, buf, comm):
-    for _ in range(WARMUP):
+    for _ in range(WARMUP + (AUTO_WARMUP if algorithm == "auto" else 0)):
         collectives.allreduce(buf, comm, algorithm=algorithm)
     times = []
     for _ in range(REPEATS):
