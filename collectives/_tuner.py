@@ -28,6 +28,7 @@ exchange that starts the call, so every rank runs the same algorithm.
 """
 
 from collections import deque
+from statistics import median
 
 __all__ = ["Tuner", "TRIALS", "KEEP", "EXPLORE_EVERY", "EXPLORE_MAX", "EXPLORE_SHARE"]
 
@@ -98,7 +99,9 @@ class Tuner:
         # Calls between retries of `index`: a retry runs it twice (a switch,
         # then a timed call) at `ratio` times the best's time, so it costs
         # 2 (ratio - 1) of the best's calls; the others share the budget.
-        ratio = min(bucket.times[index]) / max(min(bucket.times[best]), 1e-12)
+        # Costs are typical times (medians): a retry of a candidate that was
+        # fast once and is slow mostly costs its slow time.
+        ratio = median(bucket.times[index]) / max(median(bucket.times[best]), 1e-12)
         calls = 2 * (ratio - 1) * (len(self._live) - 1) / self.explore_share
         return max(self.explore_every, min(EXPLORE_MAX, int(calls)))
 

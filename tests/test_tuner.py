@@ -104,3 +104,15 @@ def test_the_shortest_time_decides():
     for seconds in (9.0, 2.5, 2.4, 2.6):
         tuner.record(MIB, 1, seconds)
     assert tuner.best(MIB) == "shm"
+
+
+def test_retry_intervals_use_typical_times():
+    # shm was fast once (1.2) but takes 3.0 mostly: its retries cost 3.0
+    # against ring's 1.0, so they come every 2 (3 - 1) / 0.25 = 16 calls,
+    # not every 4 as its shortest time would suggest.
+    tuner = Tuner(("shm", "ring"), trials=3, explore_every=4, explore_share=0.25)
+    for seconds in (9.0, 1.2, 3.0, 3.0):  # untimed switch, then timed
+        tuner.record(MIB, 0, seconds)
+    picks = _run(tuner, MIB, {"shm": 3.0, "ring": 1.0}, 4 + 20)
+    assert picks[:4] == ["ring"] * 4 and tuner.best(MIB) == "ring"
+    assert [i for i, p in enumerate(picks, start=4) if p == "shm"][:2] == [3 + 16, 3 + 17]
