@@ -6,7 +6,7 @@ from mpi4py import MPI
 
 import collectives as C
 
-ALLREDUCES = [C.ring_allreduce, C.tree_allreduce, C.mpi_allreduce,
+ALLREDUCES = [C.ring_allreduce, C.tree_allreduce, C.mpi_allreduce, C.cma_allreduce,
               lambda b, c, **kw: C.allreduce(b, c, algorithm="auto", **kw)]
 
 
@@ -67,7 +67,7 @@ def _on_every_rank_raises(call, words):
         call()
 
 
-@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "auto"])
+@pytest.mark.parametrize("name", ["ring", "tree", "mpi", "cma", "auto"])
 def test_count_mismatch(world, name):
     if world.Get_size() == 1:
         pytest.skip("needs two ranks")

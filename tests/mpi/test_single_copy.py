@@ -16,7 +16,7 @@ from conftest import rank_data
 from test_allreduce import assert_identical_on_all_ranks, assert_reduced, gather_inputs
 
 import collectives as C
-from collectives import single_copy
+from collectives import CollectiveMismatchError, single_copy
 from collectives._nodes import node_layout
 from collectives._tuner import Tuner
 from collectives.allreduce import TUNED
@@ -106,3 +106,21 @@ def test_auto_leaves_cma_out_where_not_permitted(world, monkeypatch):
     if comm.Get_rank() == 0:
         assert proposals[0] == "cma" and "cma" not in proposals[1:]
     comm.Free()
+
+
+@pytest.mark.parametrize("count", [10, 100_003])
+def test_cma_mismatch_raises_before_any_read(world, count):
+    # Ranks that disagree on the count (or dtype) must all raise in the
+    # header exchange: a read sized by one rank's count from a peer's
+    # smaller buffer would read past its end.
+    if world.Get_size() == 1:
+        pytest.skip("needs two ranks")
+    rank = world.Get_rank()
+    with pytest.raises(CollectiveMismatchError, match=f"count: rank 0 has {count}, rank 1 has "
+                                                     f"{count + 7}"):
+        C.cma_allreduce(np.ones(count + 7 * (rank == 1)), world)
+    with pytest.raises(CollectiveMismatchError, match="dtype: rank 0 has float64, rank 1 has"):
+        C.cma_allreduce(np.ones(count, np.float64 if rank == 0 else np.float32), world)
+    x = np.ones(count)
+    C.cma_allreduce(x, world)
+    assert np.all(x == world.Get_size())
