@@ -125,8 +125,8 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
     library's own ``Allreduce``, as a baseline) or "auto" (by message
     size and node layout, see :func:`choose_algorithm`; on one node from
-    ``TUNE_MIN_BYTES`` on, the faster of "shm" and "ring" as timed on
-    earlier calls, see :func:`auto_choice`).  "auto" splits the
+    ``TUNE_MIN_BYTES`` on, the fastest of ``TUNED`` (shm variants, the
+    ring, "cma") as timed on earlier calls, see :func:`auto_choice`).  "auto" splits the
     communicator by node on its first call (collective); the environment
     variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it treat groups of
     that many ranks as nodes, and ``MPI_COLLECTIVES_TUNE=0`` turns the
