@@ -23,7 +23,7 @@ from mpi4py import MPI
 from collectives._lifetime import cached, release_keyval
 from collectives._wait import wait_all
 
-__all__ = ["NodeLayout", "node_layout", "ranks_per_node_from_env"]
+__all__ = ["NodeLayout", "node_layout", "one_node_layout", "ranks_per_node_from_env"]
 
 _ENV = "MPI_COLLECTIVES_RANKS_PER_NODE"
 _ARRIVE_TAG = 79
@@ -103,4 +103,17 @@ def node_layout(comm, *, ranks_per_node=None, operation="node layout", timeout=N
     layout = layouts.get(wanted) or NodeLayout(comm, wanted, operation=operation,
                                                   timeout=timeout)
     layouts[wanted] = layouts[ranks_per_node] = layout
+    return layout
+
+
+def one_node_layout(comm, operation, *, timeout=None, hint=""):
+    """Return ``comm``'s real node layout; ``ValueError`` unless all ranks share one node.
+
+    For the algorithms that need shared memory or each other's memory;
+    ``hint`` (say, "; use algorithm 'hierarchical'") ends the message.
+    """
+    layout = node_layout(comm, ranks_per_node=0, operation=operation, timeout=timeout)
+    if layout.nodes > 1:
+        raise ValueError(f"{operation} needs all ranks on one node, but the "
+                         f"{comm.Get_size()} ranks span {layout.nodes} nodes{hint}")
     return layout

@@ -31,7 +31,7 @@ from collectives import _combine_kernels as K
 from collectives._agree import check_agreement
 from collectives._chunks import chunk_bounds
 from collectives._lifetime import release_keyval
-from collectives._nodes import node_layout
+from collectives._nodes import one_node_layout
 from collectives._ops import DTYPES, kernel_view
 from collectives._window import OUT, REDUCED, SharedWindow
 from collectives.timeline import phase
@@ -71,8 +71,7 @@ def shared_array(comm, shape, dtype=np.float32):
     # Before the window: segments of different sizes would break its layout.
     check_agreement(comm, "shared_array", [("count", count, count),
                                            ("dtype", DTYPES.index(dtype), str(dtype))])
-    if node_layout(comm, ranks_per_node=0, operation="shared_array").nodes > 1:
-        raise ValueError(f"shared_array needs all {comm.Get_size()} ranks on one node")
+    one_node_layout(comm, "shared_array")
     window = SharedWindow(comm, count * dtype.itemsize)
     arrays = comm.Get_attr(_KEY)
     if arrays is None:

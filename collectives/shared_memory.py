@@ -35,7 +35,7 @@ import numpy as np
 from collectives import _combine_kernels as K
 from collectives._agree import agreement_header, raise_disagreement
 from collectives._chunks import chunk_bounds
-from collectives._nodes import node_layout
+from collectives._nodes import one_node_layout
 from collectives._ops import kernel_view
 from collectives._prepare import collective_fields, prepare_local
 from collectives._window import (
@@ -87,11 +87,8 @@ def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     (:func:`is_small`) the check is free and always done.
     """
     reduction = prepare_local("shm_allreduce", buf, comm, op=op, timeout=timeout)
-    layout = node_layout(comm, ranks_per_node=0, operation="shm_allreduce", timeout=timeout)
-    if layout.nodes > 1:
-        raise ValueError(f"shm_allreduce needs all ranks on one node, but the "
-                         f"{comm.Get_size()} ranks span {layout.nodes} nodes; use "
-                         "algorithm 'hierarchical'")
+    one_node_layout(comm, "shm_allreduce", timeout=timeout,
+                    hint="; use algorithm 'hierarchical'")
     return run(buf, comm, reduction, operation="shm_allreduce", check=check,
                timeout=timeout)
 

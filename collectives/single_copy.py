@@ -37,7 +37,7 @@ from mpi4py import MPI
 from collectives import _cma_kernels as C
 from collectives import _combine_kernels as K
 from collectives._chunks import chunk_bounds
-from collectives._nodes import node_layout
+from collectives._nodes import one_node_layout
 from collectives._ops import kernel_view
 from collectives._prepare import prepare_local
 from collectives._scratch import scratch
@@ -65,10 +65,7 @@ def cma_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
     ``check`` says: its exchange also carries the buffers' addresses.
     """
     reduction = prepare_local("cma_allreduce", buf, comm, op=op, timeout=timeout)
-    layout = node_layout(comm, ranks_per_node=0, operation="cma_allreduce", timeout=timeout)
-    if layout.nodes > 1:
-        raise ValueError(f"cma_allreduce needs all ranks on one node, but the "
-                         f"{comm.Get_size()} ranks span {layout.nodes} nodes")
+    one_node_layout(comm, "cma_allreduce", timeout=timeout)
     return checked_run(buf, comm, reduction, operation="cma_allreduce", timeout=timeout)
 
 

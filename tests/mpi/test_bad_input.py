@@ -125,3 +125,21 @@ def test_algorithm_mismatch_with_auto(world, name, count, first):
     assert np.all(buf == comm.Get_size())
     if first:
         comm.Free()
+
+
+def test_one_node_algorithms_refuse_several_nodes(world, monkeypatch):
+    # shm, cma and shared arrays need every rank on one node; with the
+    # layout faked to span two, each raises before any message is sent.
+    from types import SimpleNamespace
+
+    from collectives import _nodes
+    monkeypatch.setattr(_nodes, "node_layout", lambda *a, **k: SimpleNamespace(nodes=2))
+    size = world.Get_size()
+    for call, words in [(lambda: C.shm_allreduce(np.ones(3), world),
+                         "shm_allreduce needs all ranks on one node.*use algorithm "
+                         "'hierarchical'"),
+                        (lambda: C.cma_allreduce(np.ones(3), world),
+                         f"cma_allreduce needs all ranks on one node, but the {size} ranks "
+                         "span 2 nodes")]:
+        with pytest.raises(ValueError, match=words):
+            call()
