@@ -17,9 +17,12 @@ argument or agreement check, so the baseline is MPI's own.  The other
 all-reduce algorithms are read from ``collectives.ALGORITHMS`` at run time
 and called through ``collectives.allreduce`` with its default checks on
 (``--no-agree`` turns the agreement check off); "mpi-checked" is
-``collectives.allreduce(algorithm="mpi")`` and ``module:function`` any
-function with the signature of ``collectives.allreduce`` (reduce:
-``tree_reduce``, bcast: ``tree_bcast``).
+``collectives.allreduce(algorithm="mpi")``, "auto-shared" is "auto" on a
+``collectives.shared_array``, "shm-whole", "shm-pipelined" and
+"shm-streaming" are the shared-memory variants that "auto"'s tuner tries
+(:data:`SHM_VARIANTS`), and ``module:function`` any function with the
+signature of ``collectives.allreduce`` (reduce: ``tree_reduce``, bcast:
+``tree_bcast``).
 
 Timing: per size, ``-r`` repeats, each timing every algorithm in turn
 (interleaved, so a change in the machine's load hits all alike) with ``-x``
@@ -56,6 +59,9 @@ from benchmarks._harness import (
     time_block,
 )
 from benchmarks._output import Column, Report
+from collectives import shared_memory as _SHM
+from collectives._nodes import one_node_layout
+from collectives._prepare import prepare_local
 from collectives._tuner import TRIALS
 
 _ALLREDUCE = importlib.import_module("collectives.allreduce")  # the module, not the function
@@ -88,8 +94,18 @@ def algorithm_names(collective):
     return ["mpi", "tree"]
 
 
+#: Benchmark-only all-reduce names: the shared-memory variants that "auto"'s
+#: tuner tries (``collectives.allreduce.TUNED``), so that a table can set
+#: "auto" against each of its candidates.  The algorithm "shm" is the whole
+#: buffer as one block up to ``WHOLE_BYTES`` and pipelined above; the tuner's
+#: "shm" is "shm-whole" here.  Same checks as ``allreduce(algorithm="shm")``.
+SHM_VARIANTS = {"shm-whole": dict(block_bytes="whole"),
+                "shm-pipelined": dict(block_bytes=_SHM.BLOCK_BYTES),
+                "shm-streaming": dict(streaming=True)}
+
+
 def _known(collective):
-    extra = ["mpi-checked", "auto-shared"] if collective == "allreduce" else []
+    extra = ["mpi-checked", "auto-shared", *SHM_VARIANTS] if collective == "allreduce" else []
     return algorithm_names(collective) + extra
 
 
@@ -109,9 +125,22 @@ def _ours(collective, name):
     if collective == "reduce":
         return lambda buf, comm, op, root, check: collectives.tree_reduce(
             buf, comm, root=root, op=op, check=check)
+    if name in SHM_VARIANTS:
+        return _shm_variant(SHM_VARIANTS[name])
     algorithm = "mpi" if name == "mpi-checked" else name
     return lambda buf, comm, op, root, check: collectives.allreduce(
         buf, comm, op=op, algorithm=algorithm, check=check)
+
+
+def _shm_variant(options):
+    # shm_allreduce's checks, then its run with the variant's options.
+    def run(buf, comm, op, root, check):
+        reduction = prepare_local("shm_allreduce", buf, comm, op=op, timeout=None)
+        one_node_layout(comm, "shm_allreduce", timeout=None)
+        whole = options.get("block_bytes") == "whole"
+        _SHM.run(buf, comm, reduction, operation="shm_allreduce", check=check, timeout=None,
+                 **(dict(options, block_bytes=buf.nbytes) if whole else options))
+    return run
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ REPEATS="${REPEATS:-5}"
 RANKS="${RANKS:-2 4}"
 SIZES="${SIZES:-8:64M}"
 LIMIT="${LIMIT:-1800}"   # seconds per command
-# every algorithm, and "auto" on a collectives.shared_array (zero-copy)
-ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,cma,hierarchical,auto,auto-shared"
+# every algorithm, "shm-streaming" (one of auto's candidates with no algorithm
+# name of its own), and "auto" on a collectives.shared_array (zero-copy)
+ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,shm-streaming,cma,hierarchical,auto,auto-shared"
 TUNED="glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 export NUMBA_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"

@@ -98,7 +98,29 @@ def target_lines(result, baseline=None):
             verdict = "meets" if ratio <= limit else "MISSES"
             lines.append(f"- {label}: worst {name}/mpi = {ratio:.2f} at {_size(nbytes)} "
                          f"(target <= {limit}): {verdict}")
-    return "\n".join(lines) + "\n"
+    extra = _against_candidates(rows) if baseline is None else []
+    return "\n".join(lines + extra) + "\n"
+
+
+#: Columns of the candidates of auto's tuner ("shm" is its whole-buffer
+#: variant up to 4 MiB and its pipelined one above).
+CANDIDATES = ("shm", "shm-streaming", "ring", "cma")
+
+
+def _against_candidates(rows, low=1 << 20, high=64 << 20):
+    # auto's time over the fastest of its candidates' columns, per size.
+    by_size = _by_size([r for r in rows if low <= r["bytes"] <= high])
+    ratios = []
+    for nbytes, row in sorted(by_size.items()):
+        times = [row[c]["time_max_us"] for c in CANDIDATES if c in row]
+        if "auto" in row and times:
+            ratios.append((row["auto"]["time_max_us"] / min(times), nbytes))
+    if not ratios:
+        return []
+    worst, at = max(ratios)
+    return [f"- {_size(low)} - {_size(high)}: auto / fastest of its candidates' columns "
+            f"({', '.join(c for c in CANDIDATES)}) = {min(ratios)[0]:.2f} - {worst:.2f}, "
+            f"worst at {_size(at)}"]
 
 
 def baseline_table(default, tuned):

@@ -10,13 +10,20 @@ its candidates on live calls, as STAR-MPI does for MPI's collectives
 bucket) it tries every candidate ``TRIALS`` times in a row, then runs the
 one with the shortest of its last ``KEEP`` times, and re-tries
 the others now and then so that a change in the machine is noticed.  A
-retry costs what the candidate is slower than the best, so each is retried
-at a rate that keeps the cost of all retries near ``EXPLORE_SHARE`` of the
-time: a candidate that is 2x slower every 200 calls (with five candidates),
-one within 10% every ``EXPLORE_EVERY``.  (Retrying one in every 32 calls,
-in turn, cost 6-10% of the time at 1-4 MiB here, where some candidates
-take 2-3x the best's time.)  When the best slows down, the others' ratios
-shrink and they are retried sooner.  A call that follows a call of another candidate
+retry costs what its calls take beyond the best's typical time, so each
+candidate is retried at a rate that keeps the cost of all retries near
+``EXPLORE_SHARE`` of the time: with five candidates, one that costs two
+of the best's calls per retry every 200 calls, a near-tie every
+``EXPLORE_EVERY``.  The cost is measured, not assumed: it is the excess
+of every call from leaving the best to coming back, the switches
+included.  (Costs taken from the timed calls alone, 2 (ratio - 1), were
+half the real ones: at 1 MiB, 2 ranks, a round of retries of four
+candidates cost 15 of the best's calls, not 8, because a call right after
+a switch runs on a cold cache, and so does the best's first call back;
+"auto" took 1.15-1.25x the time of its best candidate.  Retrying one in
+every 32 calls, in turn, cost 6-10% at 1-4 MiB.)  When the best slows
+down, the costs shrink against its time and the others are retried
+sooner.  A call that follows a call of another candidate
 is not timed, and the candidate runs once more: it pays the switch (one-off
 costs such as growing the shared window, and a cold cache: at 2 MiB, 2
 ranks, "shm" took 240-380 us right after other candidates and 174 us
@@ -28,9 +35,9 @@ exchange that starts the call, so every rank runs the same algorithm.
 """
 
 from collections import deque
-from statistics import median
 
-__all__ = ["Tuner", "TRIALS", "KEEP", "EXPLORE_EVERY", "EXPLORE_MAX", "EXPLORE_SHARE"]
+__all__ = ["Tuner", "TRIALS", "KEEP", "SWITCH_MARGIN", "EXPLORE_EVERY", "EXPLORE_MAX",
+           "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
@@ -41,6 +48,11 @@ TRIALS = 3
 #: after that, and with the median it lost to a candidate taking 250).
 #: A candidate that slows down for good is noticed after KEEP calls.
 KEEP = 5
+#: How much shorter another candidate's time must be to take over from the
+#: best: near-ties here differ by less than the noise (three candidates at
+#: 16 MiB within 10%, each call +-15%), and every switch costs a call on a
+#: cold cache.
+SWITCH_MARGIN = 0.03
 #: Fewest calls between two retries of a candidate that is not the best.
 EXPLORE_EVERY = 16
 #: Most calls between two retries of a candidate.
@@ -80,29 +92,40 @@ class Tuner:
         """Never propose candidate ``index`` again (it cannot run here)."""
         if index in self._live and len(self._live) > 1:
             self._live.remove(index)
+            for bucket in self._sizes.values():
+                self._settle(bucket)
 
     def propose(self, nbytes):
         """Return the index of the candidate to run next for ``nbytes``."""
         bucket = self._bucket(nbytes)
-        last = bucket.last
+        last, best = bucket.last, bucket.best
         if last in self._live and (bucket.warming or len(bucket.times[last]) < self.trials):
             return last  # time the one just switched to, or go on trying it
-        fewest = min(self._live, key=lambda i: len(bucket.times[i]))
-        if len(bucket.times[fewest]) < self.trials:
-            return fewest  # the next one to try
-        best = self._best(bucket)
-        due = [i for i in self._live if i != best and (
-            bucket.calls - bucket.last_tried[i] >= self._interval(bucket, i, best))]
-        return min(due, key=lambda i: bucket.last_tried[i]) if due else best
+        if best is None:
+            return min(self._live, key=lambda i: len(bucket.times[i]))  # the next to try
+        if bucket.calls < bucket.next_check:
+            return best  # nothing due yet (this runs on every call: keep it short)
+        due, since, wait = best, -1, EXPLORE_MAX
+        for i in self._live:
+            if i != best:
+                idle = bucket.calls - bucket.last_tried[i]
+                left = self._interval(bucket, i, best) - idle
+                if left <= 0 and idle > since:
+                    due, since = i, idle  # the longest untried of those due
+                wait = min(wait, max(left, 1))
+        bucket.next_check = bucket.calls + (0 if due != best else wait)
+        bucket.checked_at = bucket.typical[best]
+        return due
 
     def _interval(self, bucket, index, best):
-        # Calls between retries of `index`: a retry runs it twice (a switch,
-        # then a timed call) at `ratio` times the best's time, so it costs
-        # 2 (ratio - 1) of the best's calls; the others share the budget.
-        # Costs are typical times (medians): a retry of a candidate that was
-        # fast once and is slow mostly costs its slow time.
-        ratio = median(bucket.times[index]) / max(median(bucket.times[best]), 1e-12)
-        calls = 2 * (ratio - 1) * (len(self._live) - 1) / self.explore_share
+        # Calls between retries of `index`: what its last retry took beyond
+        # as many calls of the best at its typical time, in calls of the
+        # best; the others share the budget.  Until a retry is measured, a
+        # retry is taken to be two calls (a switch and a timed call) at its
+        # typical time.
+        spent, calls = bucket.retry[index] or (2 * bucket.typical[index], 2)
+        typical = max(bucket.typical[best], 1e-12)
+        calls = (spent / typical - calls) * (len(self._live) - 1) / self.explore_share
         return max(self.explore_every, min(EXPLORE_MAX, int(calls)))
 
     def record(self, nbytes, index, seconds):
@@ -110,7 +133,12 @@ class Tuner:
         bucket = self._bucket(nbytes)
         bucket.warming = bucket.last != index  # a switch: not timed
         if not bucket.warming:
-            bucket.times[index].append(seconds)
+            bucket.add(index, seconds)
+            self._settle(bucket)
+            if index == bucket.best and bucket.typical[index] > 1.25 * bucket.checked_at:
+                bucket.next_check = 0  # the best slowed down: the others may be due
+        if bucket.best is not None:
+            bucket.account(index, seconds)
         bucket.last = index
         bucket.last_tried[index] = bucket.calls
         bucket.calls += 1
@@ -124,12 +152,21 @@ class Tuner:
     def best(self, nbytes):
         """The candidate the times favour for ``nbytes`` (None while still trying)."""
         bucket = self._sizes.get(nbytes.bit_length())
-        if bucket is None or any(len(bucket.times[i]) < self.trials for i in self._live):
-            return None
-        return self.candidates[self._best(bucket)]
+        return None if bucket is None or bucket.best is None else self.candidates[bucket.best]
 
-    def _best(self, bucket):
-        return min(self._live, key=lambda i: min(bucket.times[i]))
+    def _settle(self, bucket):
+        # The best once every live candidate has its trials (shortest time
+        # wins); the retries are then checked again at once.
+        bucket.tried = bucket.tried or all(len(bucket.times[i]) >= self.trials
+                                           for i in self._live)
+        best = min(self._live, key=bucket.low.__getitem__) if bucket.tried else None
+        held = bucket.best
+        if best is not None and held in self._live and (
+                bucket.low[best] > (1 - SWITCH_MARGIN) * bucket.low[held]):
+            best = held  # not enough faster to pay for the switch
+        if best != bucket.best:
+            bucket.best, bucket.next_check = best, 0
+            bucket.excursion.clear()  # a retry that found a new best is no cost
 
     def _bucket(self, nbytes):
         key = nbytes.bit_length()
@@ -140,12 +177,40 @@ class Tuner:
 
 
 class _Bucket:
-    """One message size's times, call count and last choice."""
+    """One message size's times, retry costs, call count and last choice."""
 
     def __init__(self, n, keep):
         self.times = [deque(maxlen=keep) for _ in range(n)]
+        self.low = [float("inf")] * n  # shortest kept time
+        self.typical = [float("inf")] * n  # median kept time
+        self.retry = [None] * n  # the last retry's (seconds, calls)
+        self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
+        self.best = None  # index, once every candidate has had its trials
+        self.tried = False  # whether every candidate has had its trials
+        self.next_check = 0  # no retry is due before this call
+        self.checked_at = float("inf")  # the best's typical time then
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
         self.last_tried = [-1] * n
         self.calls = 0
         self.chosen = None
+
+    def add(self, index, seconds):
+        times = self.times[index]
+        times.append(seconds)
+        ordered = sorted(times)
+        self.low[index], self.typical[index] = ordered[0], ordered[(len(ordered) - 1) // 2]
+
+    def account(self, index, seconds):
+        # A retry's calls, from leaving the best to its first call back (a
+        # switch, shared by the candidates tried since leaving it): their
+        # seconds and number, so that their cost can be taken against the
+        # best's typical time of the moment.
+        if index != self.best:
+            spent, calls = self.excursion.get(index, (0.0, 0))
+            self.excursion[index] = (spent + seconds, calls + 1)
+        elif self.warming and self.excursion:
+            share = 1 / len(self.excursion)
+            for q, (spent, calls) in self.excursion.items():
+                self.retry[q] = (spent + seconds * share, calls + share)
+            self.excursion.clear()

@@ -95,6 +95,17 @@ def test_auto_on_a_shared_array_passes(inplace):
     assert all(r["check"] == "pass" for r in rows), log
 
 
+def test_the_tuners_shared_memory_variants_pass():
+    # "auto"'s candidates that have no algorithm name of their own, as
+    # columns: the whole buffer as one block, 512 KiB blocks (4 and 8 of
+    # them here), streaming stores; validated at 3 ranks.
+    result, log = _bench(3, ["allreduce", "-m", "2M:4M", "-d", "int32", "-o", "prod", "-c",
+                             "-a", "mpi,shm-whole,shm-pipelined,shm-streaming", *TINY])
+    assert result.returncode == 0, log
+    rows = _table(result.stdout)
+    assert len(rows) == 8 and all(r["check"] == "pass" for r in rows), log
+
+
 def test_broken_algorithm_fails_check():
     env = {"PYTHONPATH": str(ROOT / "tests")}
     algorithms = ("mpi,ring,bench_broken:skew,bench_broken:plus_one,bench_broken:local,"
@@ -165,3 +176,21 @@ def test_partial_goes_to_its_own_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "benchmarks.partial", fake)
     assert bench.main(["partial", "-m", "8:1K", "--delay", "0.1"], comm=MPI.COMM_SELF) == 7
     assert seen == {"argv": ["-m", "8:1K", "--delay", "0.1"], "comm": MPI.COMM_SELF}
+
+
+def test_summary_sets_auto_against_mpi_and_its_candidates():
+    from benchmarks.summary import target_lines
+
+    def row(name, nbytes, us):
+        return {"algorithm": name, "bytes": nbytes, "time_max_us": us}
+    mib = 1 << 20
+    rows = [row("mpi", 8, 2.0), row("auto", 8, 3.2),
+            row("mpi", mib, 100.0), row("auto", mib, 70.0), row("shm", mib, 60.0),
+            row("ring", mib, 90.0), row("mpi", 4 * mib, 400.0), row("auto", 4 * mib, 360.0),
+            row("cma", 4 * mib, 400.0), row("shm-streaming", 4 * mib, 300.0)]
+    lines = target_lines({"rows": rows}).splitlines()
+    assert lines[0] == ("- 8 B - 1 KiB: worst auto/mpi = 1.60 at 8 B (target <= 1.5): "
+                        "MISSES")
+    assert lines[1] == ("- 1 MiB - 64 MiB: worst auto/mpi = 0.90 at 4 MiB (target <= 0.8): "
+                        "MISSES")
+    assert lines[2].endswith("= 1.17 - 1.20, worst at 4 MiB"), lines[2]

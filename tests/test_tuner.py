@@ -116,3 +116,47 @@ def test_retry_intervals_use_typical_times():
     picks = _run(tuner, MIB, {"shm": 3.0, "ring": 1.0}, 4 + 20)
     assert picks[:4] == ["ring"] * 4 and tuner.best(MIB) == "ring"
     assert [i for i, p in enumerate(picks, start=4) if p == "shm"][:2] == [3 + 16, 3 + 17]
+
+
+def test_retry_intervals_count_the_switches():
+    # A call right after a switch runs on a cold cache: here it takes 3.0
+    # more, the best's first call back too.  A retry of ring (2.0 timed,
+    # best 1.0) then costs (5 - 1) + (2 - 1) + (4 - 1) = 8 of the best's
+    # calls, not the 2 (2 - 1) = 2 its timed calls suggest: with a quarter
+    # of the time for retries, one every 32 calls instead of every 8.
+    tuner = Tuner(("shm", "ring"), trials=2, explore_every=4, explore_share=0.25)
+    picks, last = [], None
+    for _ in range(120):
+        i = tuner.propose(MIB)
+        name = tuner.candidates[i]
+        picks.append(name)
+        tuner.record(MIB, i, {"shm": 1.0, "ring": 2.0}[name] + (3.0 if i != last else 0.0))
+        last = i
+    retries = [i for i, p in enumerate(picks) if p == "ring" and i >= 6]
+    # After the trials (ring last at call 5) only part of a retry was seen,
+    # ring's last timed call and shm's switch back: (2 - 1) + (4 - 1) = 4,
+    # so 16 calls; from then on whole retries, 32 calls after the last.
+    assert retries == [21, 22, 54, 55, 87, 88]
+
+
+def test_a_slower_best_brings_the_retries_forward():
+    # ring's retries cost 2 (3 - 1) = 4 calls of shm: with 1% of the time
+    # for retries, one every 400 calls.  When shm slows to 2.9 a call, the
+    # same retry costs almost nothing against it, and ring is tried again
+    # (and taken) within a few calls, not at call 400.
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4, explore_share=0.01)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 3.0}, 40)
+    assert tuner.best(MIB) == "shm"
+    picks = _run(tuner, MIB, {"shm": 2.9, "ring": 2.0}, 12)
+    assert tuner.best(MIB) == "ring" and picks[-1] == "ring", picks
+
+
+@pytest.mark.parametrize("ring, best", [(0.99, "shm"), (0.95, "ring")])
+def test_a_near_tie_does_not_take_over(ring, best):
+    # Within SWITCH_MARGIN (3%) of the best, a candidate is noise, and a
+    # switch costs a call on a cold cache; 5% faster takes over.
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 1.5}, 8)
+    assert tuner.best(MIB) == "shm"
+    _run(tuner, MIB, {"shm": 1.0, "ring": ring}, 40)
+    assert tuner.best(MIB) == best
