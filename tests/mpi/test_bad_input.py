@@ -41,6 +41,25 @@ def test_bad_buffers(world, function):
         function(np.zeros(4), "COMM_WORLD")
 
 
+def test_small_fast_path_checks_as_the_general_one(world):
+    # After a first call the comm's state exists and a small "auto" call
+    # takes the lean path (collectives._prepare.quick_local): every input it
+    # does not take must still raise the general path's error.
+    C.allreduce(np.zeros(4), world)
+    test_bad_buffers(world, C.allreduce)
+    for op, words in (("mean", "unsupported op 'mean'"), (None, "unsupported op None"),
+                      (MPI.LAND, "unsupported op")):
+        with pytest.raises(ValueError, match=words):
+            C.allreduce(np.zeros(4), world, op=op)
+    with pytest.raises(ValueError, match="timeout"):
+        C.allreduce(np.zeros(4), world, timeout=-1.0)
+    # A subclass and an MPI op object take the general path, and reduce right.
+    rank, size = world.Get_rank(), world.Get_size()
+    sub = np.full(5, rank + 1.0).view(np.memmap)
+    assert C.allreduce(sub, world, op=MPI.MAX) is sub
+    assert (np.asarray(sub) == size).all()
+
+
 def test_mpi_baseline_rejects_float16(world):
     with pytest.raises(TypeError, match="float16"):
         C.allreduce(np.zeros(3, np.float16), world, algorithm="mpi")
