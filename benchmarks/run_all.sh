@@ -81,6 +81,13 @@ for n in $RANKS; do
         "$OUT/allreduce-$n-tuned.json" > "$OUT/baseline-$n.md"
 done
 
+for n in $RANKS; do  # auto against its candidates over a long run, as in training
+    log "tuner $n ranks"
+    timeout -k 10 "$LIMIT" "$VENV/bin/mpiexec" -n "$n" "$PY" -m mpi4py -m benchmarks.tuner \
+        -m 1M:16M -c 400 --markdown "$OUT/tuner-$n.md" | tee "$OUT/tuner-$n.txt" \
+        || failed+=("tuner-$n")
+done
+
 for c in reduce bcast; do
     log "$c 4 ranks"
     bench 4 "$c" -m 8:16M -r 3 -c --json "$OUT/$c-4.json" --markdown "$OUT/$c-4.md" \

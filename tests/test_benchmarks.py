@@ -194,3 +194,15 @@ def test_summary_sets_auto_against_mpi_and_its_candidates():
     assert lines[1] == ("- 1 MiB - 64 MiB: worst auto/mpi = 0.90 at 4 MiB (target <= 0.8): "
                         "MISSES")
     assert lines[2].endswith("= 1.17 - 1.20, worst at 4 MiB"), lines[2]
+
+
+def test_tuner_benchmark_sets_auto_against_each_candidate(tmp_path):
+    out = tmp_path / "tuner.md"
+    result = run_mpi(2, ["-m", "benchmarks.tuner", "-m", "1M", "-c", "4", "-b", "2",
+                         "--markdown", str(out)], timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line and not line.startswith("#")]
+    assert rows[0][-3:] == ["best", "auto/best", "auto/mpi"] and len(rows) == 2, rows
+    assert rows[1][0] == "1048576" and rows[1][1] == "4" and float(rows[1][-2]) > 0
+    assert out.read_text().count("\n") == 3
