@@ -135,6 +135,16 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     copying the data in (:mod:`collectives.shared_arrays`), checked always.
     """
     if algorithm == "auto":
+        # The usual small call on one node (a comm seen before, no timeout,
+        # a plain buffer, an op by name) in the fewest steps: at 2 ranks the
+        # general path's Python took 1-1.5 us of a 2.5-4.5 us call, this
+        # one 0.6-0.9.  Anything else takes the general path and its errors.
+        if timeout is None and isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:
+            state = comm.Get_attr(_STATE_KEY)
+            reduction = None if state is None else quick_local(buf, op)
+            if reduction is not None and buf.nbytes <= state.small_bytes:
+                return shared_memory.run_small(buf, state.small_window(comm), reduction,
+                                               "allreduce", None)
         return _auto(buf, comm, op, check, timeout)
     implementation = _IMPLEMENTATIONS.get(algorithm) if isinstance(algorithm, str) else None
     if implementation is None:
@@ -178,10 +188,15 @@ class _State:
     tuners (None until the first tuned call) are fetched together.
     """
 
-    __slots__ = ("layout", "window", "tuner", "shared_tuner")
+    __slots__ = ("layout", "small_bytes", "window", "tuner", "shared_tuner")
 
     def __init__(self, layout):
         self.layout, self.window, self.tuner, self.shared_tuner = layout, None, None, None
+        # The largest call of the shared-memory small mode (-1: several nodes).
+        self.small_bytes = -1
+        if layout.nodes == 1:
+            self.small_bytes = min(shared_memory.SMALL_BYTES,
+                                   shared_memory.SMALL_TOTAL_BYTES // layout.total)
 
     def small_window(self, comm):
         if self.window is None or self.window.freed:
@@ -208,17 +223,7 @@ def _agree(buf, comm, reduction, layout, operation, timeout):
 def _auto(buf, comm, op, check, timeout):
     # Local checks, pick, then the pick's own check or a header exchange.
     # A small call on one node goes straight to shm: at 8 bytes every
-    # tenth of a microsecond of Python here is 4% of MPI's own time.  The
-    # usual such call (a comm seen before, no timeout, a plain buffer, an
-    # op by name) gets there with the fewest steps: 0.5-0.7 us less at 2
-    # ranks, of 3.3-5; anything else takes the general path and its errors.
-    if timeout is None and isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:
-        state = comm.Get_attr(_STATE_KEY)
-        reduction = None if state is None else quick_local(buf, op)
-        if reduction is not None and state.layout.nodes == 1 and shared_memory.is_small(
-                buf.nbytes, state.layout.total):
-            return shared_memory.run_small(buf, state.small_window(comm), reduction,
-                                           "allreduce", None)
+    # tenth of a microsecond of Python here is 4% of MPI's own time.
     reduction = prepare_local("allreduce", buf, comm, op=op, timeout=timeout)
     if comm.Get_size() == 1:
         return buf
