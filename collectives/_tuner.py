@@ -36,7 +36,7 @@ exchange that starts the call, so every rank runs the same algorithm.
 
 from collections import deque
 
-__all__ = ["Tuner", "TRIALS", "KEEP", "SWITCH_MARGIN", "EXPLORE_EVERY", "EXPLORE_MAX",
+__all__ = ["Tuner", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN", "EXPLORE_EVERY", "EXPLORE_MAX",
            "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
@@ -48,6 +48,12 @@ TRIALS = 3
 #: after that, and with the median it lost to a candidate taking 250).
 #: A candidate that slows down for good is noticed after KEEP calls.
 KEEP = 5
+#: A candidate whose last timed call was this much shorter than its others
+#: runs again (up to KEEP timed calls in a row): it is still warming up, as
+#: at the first size a process tunes (at 1 MiB "shm" took 401, 190, 156,
+#: then 100 us, and lost its trials to a candidate at 125), or the machine
+#: changed in its favour since it was last tried.
+IMPROVING = 0.95
 #: How much shorter another candidate's time must be to take over from the
 #: best: near-ties here differ by less than the noise (three candidates at
 #: 16 MiB within 10%, each call +-15%), and every switch costs a call on a
@@ -59,6 +65,9 @@ EXPLORE_EVERY = 16
 EXPLORE_MAX = 1024
 #: Share of the time that retries of the candidates other than the best may cost.
 EXPLORE_SHARE = 0.04
+
+
+_NEVER = float("inf")
 
 
 class Tuner:
@@ -99,8 +108,9 @@ class Tuner:
         """Return the index of the candidate to run next for ``nbytes``."""
         bucket = self._bucket(nbytes)
         last, best = bucket.last, bucket.best
-        if last in self._live and (bucket.warming or len(bucket.times[last]) < self.trials):
-            return last  # time the one just switched to, or go on trying it
+        if last in self._live and (bucket.warming or len(bucket.times[last]) < self.trials
+                                   or (bucket.improving and bucket.streak < self.keep)):
+            return last  # time the one just switched to, go on trying it, or while it improves
         if best is None:
             return min(self._live, key=lambda i: len(bucket.times[i]))  # the next to try
         if bucket.calls < bucket.next_check:
@@ -132,7 +142,9 @@ class Tuner:
         """Note that candidate ``index`` took ``seconds`` for ``nbytes``."""
         bucket = self._bucket(nbytes)
         bucket.warming = bucket.last != index  # a switch: not timed
+        bucket.streak = 0 if bucket.warming else bucket.streak + 1
         if not bucket.warming:
+            bucket.improving = seconds < IMPROVING * min(bucket.times[index], default=_NEVER)
             bucket.add(index, seconds)
             self._settle(bucket)
             if index == bucket.best and bucket.typical[index] > 1.25 * bucket.checked_at:
@@ -191,6 +203,8 @@ class _Bucket:
         self.checked_at = float("inf")  # the best's typical time then
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
+        self.streak = 0  # timed calls of that candidate since the switch
+        self.improving = False  # whether the last was its shortest time by far
         self.last_tried = [-1] * n
         self.calls = 0
         self.chosen = None
