@@ -62,7 +62,7 @@ from benchmarks._output import Column, Report
 from collectives import shared_memory as _SHM
 from collectives._nodes import one_node_layout
 from collectives._prepare import prepare_local
-from collectives._tuner import TRIALS
+from collectives._tuner import trial_calls
 
 _ALLREDUCE = importlib.import_module("collectives.allreduce")  # the module, not the function
 
@@ -335,8 +335,8 @@ def _measure(runners, comm, nbytes, args):
     # training job is after its first few steps (the retries of the other
     # candidates, collectives._tuner.EXPLORE_SHARE of the time, stay in the timing).
     warmup, iters = iterations(nbytes, args.warmup, floor=1), iterations(nbytes, args.iters)
-    trials = {"auto": len(_ALLREDUCE.TUNED) * (TRIALS + 1),  # + an untimed first call each
-              "auto-shared": len(_ALLREDUCE.SHARED_TUNED) * (TRIALS + 1)}
+    trials = {"auto": trial_calls(len(_ALLREDUCE.TUNED)),
+              "auto-shared": trial_calls(len(_ALLREDUCE.SHARED_TUNED))}
     samples = {name: [] for name in runners}
     for repeat in range(args.repeats):
         for name, run in runners.items():

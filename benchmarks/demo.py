@@ -7,7 +7,7 @@ import numpy as np
 from mpi4py import MPI
 
 import collectives
-from collectives._tuner import TRIALS
+from collectives._tuner import trial_calls
 from collectives.allreduce import TUNED
 
 SIZES = (1 << 10, 1 << 20, 16 << 20)  # bytes of float32
@@ -15,7 +15,7 @@ REPEATS = 9
 WARMUP = 8  # untimed calls first
 #: "auto" also makes its tuner's trials (each candidate's switch call and
 #: timed calls) untimed, as a training job has after its first steps.
-AUTO_WARMUP = len(TUNED) * (TRIALS + 1)
+AUTO_WARMUP = trial_calls(len(TUNED))
 
 
 def _time(algorithm, buf, comm):

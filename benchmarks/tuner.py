@@ -23,7 +23,7 @@ from mpi4py import MPI
 from benchmarks._harness import machine_info, parse_sizes, time_block
 from benchmarks._output import Column, Report
 from benchmarks.collectives import Setup, make_runner
-from collectives._tuner import TRIALS
+from collectives._tuner import trial_calls
 
 __all__ = ["main", "CANDIDATES"]
 
@@ -56,7 +56,7 @@ def measure(comm, nbytes, calls, blocks):
     buf = np.zeros(nbytes // 4, np.float32)
     names = ("mpi", "auto", *CANDIDATES)
     runs = {name: make_runner(setup, name, buf, buf) for name in names}
-    time_block(runs["auto"], comm, len(CANDIDATES) * (TRIALS + 1), 1)  # past the trials
+    time_block(runs["auto"], comm, trial_calls(len(CANDIDATES)), 1)  # past the trials
     per_block = calls // blocks
     total = dict.fromkeys(names, 0.0)
     for _ in range(blocks):

@@ -36,8 +36,8 @@ exchange that starts the call, so every rank runs the same algorithm.
 
 from collections import deque
 
-__all__ = ["Tuner", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN", "EXPLORE_EVERY", "EXPLORE_MAX",
-           "EXPLORE_SHARE"]
+__all__ = ["Tuner", "trial_calls", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN",
+           "EXPLORE_EVERY", "EXPLORE_MAX", "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
@@ -68,6 +68,16 @@ EXPLORE_SHARE = 0.04
 
 
 _NEVER = float("inf")
+
+
+def trial_calls(candidates):
+    """The most calls the trials of ``candidates`` candidates take at one size.
+
+    Each: one untimed call after the switch, then ``TRIALS`` timed calls,
+    or up to ``KEEP`` while it improves.  A benchmark that warms "auto" up
+    by this many calls times it past its trials.
+    """
+    return candidates * (KEEP + 1)
 
 
 class Tuner:

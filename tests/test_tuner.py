@@ -177,3 +177,15 @@ def test_a_candidate_still_warming_up_runs_on():
         tuner.record(MIB, i, next(times[tuner.candidates[i]]))
     assert picks == ["shm"] * 6 + ["ring"] * 4 + ["shm"], picks
     assert tuner.best(MIB) == "shm"
+
+
+def test_trial_calls_bound_the_trials():
+    # Every candidate warming up all the way: the trials end within
+    # trial_calls, which benchmarks use as the warm-up of "auto".
+    from collectives._tuner import trial_calls
+    tuner = Tuner(("a", "b", "c"), trials=3, keep=5)
+    falling = {name: iter(10.0 * 0.5 ** k for k in range(99)) for name in tuner.candidates}
+    for _ in range(trial_calls(3)):
+        i = tuner.propose(MIB)
+        tuner.record(MIB, i, next(falling[tuner.candidates[i]]))
+    assert tuner.best(MIB) is not None

@@ -19,7 +19,7 @@ import collectives as C
 from collectives import hierarchical, recursive_doubling, shared_memory
 from collectives._nodes import node_layout, ranks_per_node_from_env
 from collectives._ops import resolve_op
-from collectives._tuner import TRIALS, Tuner
+from collectives._tuner import Tuner, trial_calls
 from collectives._window import SMALL_BYTES, shared_window
 from collectives.allreduce import TUNED
 
@@ -117,7 +117,7 @@ def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch):
         monkeypatch.setattr(Tuner, "propose", lambda self, nbytes: pytest.fail("proposed"))
     count = C.TUNE_MIN_BYTES // 8 + 13
     runs = set()
-    for i in range(len(TUNED) * (TRIALS + 1)):
+    for i in range(trial_calls(len(TUNED))):
         x = rank_data(comm, count, "float64", seed=i)
         ring = x.copy()
         C.allreduce(x, comm)
