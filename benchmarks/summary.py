@@ -154,14 +154,17 @@ def traffic(name, p):
     reduce, reduce own slice reading all ``p`` into the window and the
     buffer, copy out the others' slices): per rank ``(5p - 2) n / p``,
     ``5p - 2`` in all.  The same on a shared array ("auto-shared", no copy
-    in, the result written once): ``3p - 1``.  Recursive doubling: ``log2 p``
+    in, the result written once): ``3p - 1``.  "cma" (each rank reads its
+    chunk of every peer's buffer into cache, folds it into its own and
+    writes the result into every peer's buffer from cache): per rank
+    ``(p-1) + 2 + (p-1)`` chunks, ``2p`` in all.  Recursive doubling: ``log2 p``
     whole-buffer exchanges and reductions per rank: ``5 p log2 p``.
     "ideal": every rank reads its input and writes its result once, the
     rest stays in cache: ``2p``.
     """
     import math
 
-    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("cma", 3 * p - 1),
+    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("cma", 2 * p),
              ("shm", 5 * p - 2),
              ("doubling", 5 * p * math.ceil(math.log2(max(p, 2)))),
              ("ring", 7 * (p - 1)), ("tree", 7 * (p - 1)), ("mpi", 7 * (p - 1)))

@@ -1,14 +1,15 @@
-"""Numba kernels that read another process's memory (Linux cross-memory attach).
+"""Numba kernels that read and write another process's memory (Linux cross-memory attach).
 
 ``process_vm_readv(2)`` copies bytes from another process's address space
 into ours in one kernel copy, as MPICH's and Open MPI's "CMA" transports do
-for large messages on one node.  The kernels call it through an
-``ExternalFunction`` (the symbol is resolved by name when the kernel is
-compiled, so, unlike a ctypes pointer, the compiled kernel can be cached),
-and compile lazily: on a system without the call nothing here compiles,
-and ``single_copy`` never calls them (``SUPPORTED`` is False).  They trust
-their inputs; ``single_copy`` checks.  Each returns the first rank whose
-memory it could not read, or -1.
+for large messages on one node; ``process_vm_writev(2)`` copies ours into
+theirs.  The kernels call them through an ``ExternalFunction`` (the symbol
+is resolved by name when the kernel is compiled, so, unlike a ctypes
+pointer, the compiled kernel can be cached), and compile lazily: on a
+system without the calls nothing here compiles, and ``single_copy`` never
+calls them (``SUPPORTED`` is False).  They trust their inputs;
+``single_copy`` checks.  Each returns the first rank whose memory it could
+not read or write, or -1.
 """
 
 import ctypes
@@ -19,15 +20,17 @@ import numpy as np
 
 from collectives._combine_kernels import fold_ring
 
-__all__ = ["SUPPORTED", "pull", "reduce_chunk", "gather"]
+__all__ = ["SUPPORTED", "pull", "push", "reduce_chunk"]
 
-#: Whether this system has ``process_vm_readv`` (Linux >= 3.2, glibc >= 2.15).
-SUPPORTED = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None),
-                                                         "process_vm_readv")
+_LIBC = ctypes.CDLL(None)
+#: Whether this system has ``process_vm_readv`` and ``process_vm_writev``
+#: (Linux >= 3.2, glibc >= 2.15).
+SUPPORTED = sys.platform.startswith("linux") and all(
+    hasattr(_LIBC, name) for name in ("process_vm_readv", "process_vm_writev"))
 
-_readv = nb.types.ExternalFunction(
-    "process_vm_readv",
-    nb.int64(nb.int32, nb.uint64, nb.uint64, nb.uint64, nb.uint64, nb.uint64))
+_IOV_CALL = nb.int64(nb.int32, nb.uint64, nb.uint64, nb.uint64, nb.uint64, nb.uint64)
+_readv = nb.types.ExternalFunction("process_vm_readv", _IOV_CALL)
+_writev = nb.types.ExternalFunction("process_vm_writev", _IOV_CALL)
 _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 
 
@@ -44,6 +47,18 @@ def _pull(pid, out, address, iov):
     return _readv(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
 
 
+@nb.njit(nogil=True, inline="always")
+def _push(pid, data, address, iov):
+    # `address` in process `pid` <- data; True if all went.
+    nbytes = data.nbytes
+    if nbytes == 0:
+        return True
+    iov[0], iov[1] = data.ctypes.data, nbytes
+    iov[2], iov[3] = address, nbytes
+    base = np.uint64(iov.ctypes.data)
+    return _writev(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
+
+
 @nb.njit(**_OPTIONS)
 def pull(pid, out, address):
     """Fill ``out`` from ``address`` in process ``pid``; return whether all bytes came."""
@@ -51,14 +66,22 @@ def pull(pid, out, address):
 
 
 @nb.njit(**_OPTIONS)
+def push(pid, data, address):
+    """Copy ``data`` to ``address`` in process ``pid``; return whether all bytes went."""
+    return _push(pid, data, address, np.empty(4, np.uint64))
+
+
+@nb.njit(**_OPTIONS)
 def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, divisor):
-    """Fold every rank's copy of my chunk into ``mine``, in the ring's order.
+    """Fold every rank's copy of my chunk into ``mine``, in the ring's order, and hand it out.
 
     Rank ``q``'s copy starts at ``addresses[q]`` in process ``pids[q]``.
     Piece by piece (``piece`` elements), the other ranks' parts are read
     into rows of ``scratch`` (row ``q`` at ``q * piece``), where they stay
     in cache for ``fold_ring``, which folds from row ``rank`` (the ring's
-    chunk ``rank`` starts there) with ``mine`` as that row, in place.
+    chunk ``rank`` starts there) with ``mine`` as that row, in place; then
+    the finished piece, still in cache, is written over every other rank's
+    copy (which only this rank reads, and has just read).
     """
     size, item = pids.size, mine.itemsize
     iov = np.empty(4, np.uint64)
@@ -71,15 +94,7 @@ def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, diviso
         part = mine[at:at + m]
         fold_ring(part, scratch, 0, piece, size, rank, rank, part, code, last, divisor,
                   part[:0], False)
-    return -1
-
-
-@nb.njit(**_OPTIONS)
-def gather(flat, pids, addresses, starts, sizes, rank):
-    """Copy chunk ``q`` (``starts[q]``, ``sizes[q]``) of every other rank's buffer into ``flat``."""
-    iov, item = np.empty(4, np.uint64), flat.itemsize
-    for q in range(pids.size):
-        lo, n = starts[q], sizes[q]
-        if q != rank and not _pull(pids[q], flat[lo:lo + n], addresses[q] + lo * item, iov):
-            return q
+        for q in range(size):
+            if q != rank and not _push(pids[q], part, addresses[q] + at * item, iov):
+                return q
     return -1

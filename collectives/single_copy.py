@@ -2,30 +2,35 @@
 
 The shared-memory pipeline (:mod:`collectives.shared_memory`) must first
 copy a plain NumPy buffer into the shared window, which is most of its
-memory traffic.  Here each rank reads its peers' buffers where they are,
-with Linux's cross-memory attach (``process_vm_readv``, one kernel copy:
-what MPICH and Open MPI use for large messages on one node, and what
-XPMEM-based collectives build on).  Per rank ``r``, with chunks as in
-:func:`collectives.ring_allreduce`:
+memory traffic.  Here each rank reads and writes its peers' buffers where
+they are, with Linux's cross-memory attach (``process_vm_readv`` and
+``process_vm_writev``, one kernel copy each: what MPICH and Open MPI use
+for large messages on one node, and what XPMEM-based collectives build
+on).  Per rank ``r``, with chunks as in :func:`collectives.ring_allreduce`:
 
 1. arrive: the shared window's header exchange (the agreement check),
    which also carries every rank's buffer address (:func:`announce`) and
    says every rank's data is ready;
-2. reduce: rank ``r`` reads chunk ``r`` of every peer's buffer, a cache
-   sized piece at a time, and folds the pieces into its own chunk in
-   place, in the ring's order (so the bits equal the ring's);
-3. gather: once all have reduced, rank ``r`` reads every peer's finished
-   chunk straight into its buffer;
-4. leave: every rank waits until all have gathered, so nobody changes its
-   buffer while a peer still reads it.
+2. reduce and hand out: rank ``r`` reads chunk ``r`` of every peer's
+   buffer, a cache-sized piece at a time, folds the pieces into its own
+   chunk in place, in the ring's order (so the bits equal the ring's),
+   and writes each finished piece, still in cache, over the peers' copies
+   of it.  Only rank ``r`` ever reads or writes chunk ``r`` of another
+   rank's buffer, and it writes a piece only after reading it, so no two
+   ranks touch the same bytes;
+3. leave: every rank waits until all have written, so that its buffer is
+   complete and nobody touches it after the call.
 
-Per rank at 2 ranks that is 2.5 times the buffer read and written, as for
-a :func:`collectives.shared_array`, against 4 for the pipeline and 3.5 for
-a ring (BENCHMARKS.md, "Cost model").  Reading another process needs the
-permission to trace it: same user, and no seccomp or Yama rule against it.
-Each process allows its peers (``prctl(PR_SET_PTRACER)``, as MPICH does);
-:func:`usable` probes once per window, on every rank together, and "auto"
-leaves this algorithm out where the probe fails.
+All ranks together move 2p bytes of memory per byte of buffer (each reads
+its chunk of every buffer and writes its chunk into every buffer once),
+the least any all-reduce of separate buffers can; reading the finished
+chunks back instead of writing them out (this module until 2026-11-25)
+moved 3p - 1 and took 1.1-1.25x MPI's time where this takes 0.3-0.7x
+(BENCHMARKS.md).  Reading and writing another process needs the
+permission to trace it: same user, and no seccomp or Yama rule against
+it.  Each process allows its peers (``prctl(PR_SET_PTRACER)``, as MPICH
+does); :func:`usable` probes once per window, on every rank together, and
+"auto" leaves this algorithm out where the probe fails.
 """
 
 import ctypes
@@ -41,7 +46,7 @@ from collectives._nodes import one_node_layout
 from collectives._ops import kernel_view
 from collectives._prepare import prepare_local
 from collectives._scratch import scratch
-from collectives._window import BASE_AT, BUFFER_AT, OUT, PID_AT, REDUCED, shared_window
+from collectives._window import BASE_AT, BUFFER_AT, OUT, PID_AT, shared_window
 from collectives.shared_memory import window_agreement
 from collectives.timeline import phase
 
@@ -56,7 +61,7 @@ _PR_SET_PTRACER, _PR_SET_PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1)
 
 
 def cma_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
-    """All-reduce ``buf`` in place, every rank reading its peers' buffers directly.
+    """All-reduce ``buf`` in place, every rank reading and writing its peers' buffers directly.
 
     Arguments and result are those of :func:`collectives.ring_allreduce`.
     ``comm``'s ranks must all be on one node (``ValueError``), and be
@@ -91,12 +96,13 @@ def announce(window, buf):
 
 
 def usable(window):
-    """Whether every rank of ``window`` can read every other's memory.
+    """Whether every rank of ``window`` can read and write every other's memory.
 
     Collective the first time per window (every rank must call it at the
     same point, after an agreement exchange); cached after that.  Each rank
-    allows its peers to read it, then reads each peer's process id from
-    that peer's own memory; all ranks learn whether all succeeded.
+    allows its peers to trace it, then reads each peer's process id from
+    that peer's own memory and writes it back; all ranks learn whether all
+    succeeded.
     """
     if window.single_copy is None:
         if C.SUPPORTED:  # as MPICH does; without Yama this fails (EINVAL), harmlessly
@@ -107,23 +113,24 @@ def usable(window):
         window.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MIN)
         window.single_copy = bool(flags[0])
         window.single_copy_error = error or (
-            "another rank could not read its peers' memory with process_vm_readv")
+            "another rank could not read or write its peers' memory with process_vm_readv/writev")
     return window.single_copy
 
 
 def _probe(window):
-    # None if this rank read every peer's pid word from the peer's memory,
-    # else why not.
+    # None if this rank read every peer's pid word from the peer's memory
+    # and wrote it back (the same value: harmless), else why not.
     if not C.SUPPORTED:
-        return "this system has no process_vm_readv (Linux only)"
+        return "this system has no process_vm_readv/writev (Linux only)"
     pids, bases = _column(window, PID_AT), _column(window, BASE_AT)
     got = np.zeros(1, dtype=np.int64)
     for q in range(window.size):
-        theirs = int(bases[q]) + q * window.stride + PID_AT * 8
-        if q != window.rank and not (C.pull(int(pids[q]), got, theirs) and got[0] == pids[q]):
-            return (f"rank {window.rank} (pid {os.getpid()}) cannot read the memory of "
-                    f"rank {q} (pid {int(pids[q])}) with process_vm_readv: not permitted "
-                    "(seccomp, Yama ptrace_scope, or another user or PID namespace)")
+        theirs, pid = int(bases[q]) + q * window.stride + PID_AT * 8, int(pids[q])
+        if q != window.rank and not (C.pull(pid, got, theirs) and got[0] == pid
+                                     and C.push(pid, got, theirs)):
+            return (f"rank {window.rank} (pid {os.getpid()}) cannot read and write the "
+                    f"memory of rank {q} (pid {pid}) with process_vm_readv/writev: not "
+                    "permitted (seccomp, Yama ptrace_scope, or another user or PID namespace)")
     return None
 
 
@@ -137,19 +144,14 @@ def run(buf, window, reduction, *, operation, timeout):
     flat = kernel_view(buf)
     if window.size == 1 or flat.size == 0:
         return buf
-    wait = dict(operation=operation, timeout=timeout)
     call = window.blocks = window.blocks + 1  # one "block" of the window's counters
-    rank, size = window.rank, window.size
     pids, addresses = _column(window, PID_AT), _column(window, BUFFER_AT)
-    starts, sizes = (np.array(v, dtype=np.int64) for v in chunk_bounds(flat.size, size))
+    starts, sizes = (np.array(v, dtype=np.int64) for v in chunk_bounds(flat.size, window.size))
     with phase(window.comm, "single-copy all-reduce", bytes=buf.nbytes):
         _check(C.reduce_chunk(*_reduce_args(window, flat, reduction, pids, addresses,
                                             starts, sizes)), pids, operation)
-        window.publish(REDUCED, call)
-        window.wait(REDUCED, call, **wait)
-        _check(C.gather(flat, pids, addresses, starts, sizes, rank), pids, operation)
         window.publish(OUT, call)
-        window.wait(OUT, call, **wait)  # peers are done reading my buffer
+        window.wait(OUT, call, operation=operation, timeout=timeout)  # all have written
     return buf
 
 
@@ -165,7 +167,7 @@ def _reduce_args(window, flat, reduction, pids, addresses, starts, sizes):
 
 
 def _check(failed, pids, operation):
-    # A read that the probe allowed failed now: the peer is gone or broken.
+    # A copy that the probe allowed failed now: the peer is gone or broken.
     if failed >= 0:
-        raise RuntimeError(f"{operation}: could not read the buffer of rank {failed} "
-                           f"(pid {int(pids[failed])}) with process_vm_readv")
+        raise RuntimeError(f"{operation}: could not read or write the buffer of rank "
+                           f"{failed} (pid {int(pids[failed])}) with process_vm_readv/writev")

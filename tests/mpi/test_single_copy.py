@@ -42,8 +42,9 @@ def test_cma_equals_ring_bitwise(comm, dtype, op, monkeypatch):
 
 def test_cma_buffer_reused_at_once_with_a_late_rank(comm):
     # A rank refills its buffer as soon as its call returns; peers may still
-    # be reading it (gather) unless the call waits for them at the end.  A
-    # late rank, a different one each call, makes the others run ahead.
+    # be writing their finished chunks into it, or reading it, unless the
+    # call waits for them at the end.  A late rank, a different one each
+    # call, makes the others run ahead.
     comm = comm.Dup()
     rank, size = comm.Get_rank(), comm.Get_size()
     x = np.empty(50_000, dtype=np.float64)
