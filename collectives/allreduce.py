@@ -121,7 +121,7 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     Arguments and result are those of :func:`collectives.ring_allreduce`,
     plus ``algorithm``: "ring", "pipelined" (segmented ring), "tree",
     "rd" (recursive doubling), "shm" (shared memory, one node), "cma"
-    (one node, each rank reading its peers' buffers directly; Linux),
+    (one node, each rank reading and writing its peers' buffers directly; Linux),
     "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
     library's own ``Allreduce``, as a baseline) or "auto" (by message
     size and node layout, see :func:`choose_algorithm`; on one node from

@@ -65,7 +65,7 @@ def cma_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
 
     Arguments and result are those of :func:`collectives.ring_allreduce`.
     ``comm``'s ranks must all be on one node (``ValueError``), and be
-    allowed to read each other's memory (``RuntimeError`` on every rank if
+    allowed to read and write each other's memory (``RuntimeError`` on every rank if
     not; see :func:`usable`).  The agreement check is made whatever
     ``check`` says: its exchange also carries the buffers' addresses.
     """
