@@ -153,8 +153,9 @@ def traffic(name, p):
     in series.  Shared-memory window (copy in the slices that others
     reduce, reduce own slice reading all ``p`` into the window and the
     buffer, copy out the others' slices): per rank ``(5p - 2) n / p``,
-    ``5p - 2`` in all.  The same on a shared array ("auto-shared", no copy
-    in, the result written once): ``3p - 1``.  "cma" (each rank reads its
+    ``5p - 2`` in all.  On a shared array ("auto-shared", no copy in; each
+    rank folds its chunk of every array and writes it into every array):
+    ``2p``.  "cma" (each rank reads its
     chunk of every peer's buffer into cache, folds it into its own and
     writes the result into every peer's buffer from cache): per rank
     ``(p-1) + 2 + (p-1)`` chunks, ``2p`` in all.  Recursive doubling: ``log2 p``
@@ -164,7 +165,7 @@ def traffic(name, p):
     """
     import math
 
-    rules = (("ideal", 2 * p), ("auto-shared", 3 * p - 1), ("cma", 2 * p),
+    rules = (("ideal", 2 * p), ("auto-shared", 2 * p), ("cma", 2 * p),
              ("shm", 5 * p - 2),
              ("doubling", 5 * p * math.ceil(math.log2(max(p, 2)))),
              ("ring", 7 * (p - 1)), ("tree", 7 * (p - 1)), ("mpi", 7 * (p - 1)))

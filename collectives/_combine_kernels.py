@@ -25,7 +25,8 @@ from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
-    "copy", "copy_streaming", "combine", "fold_rows", "fold_ring", "step", "merge_header",
+    "copy", "copy_streaming", "combine", "fold_rows", "fold_ring", "fold_ring_to_rows", "step",
+    "merge_header",
     "rows_equal", "all_at_least",
     "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
 ]
@@ -56,6 +57,10 @@ def _fold_args(v):
 
 def _ring_args(v):
     return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:], v, nb.boolean)
+
+
+def _to_rows_args(v):
+    return (v, *(nb.int64,) * 7, nb.float64, nb.boolean)
 
 
 def _step_args(v):
@@ -262,6 +267,35 @@ def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last,
             _copy(out[at:at + m], acc)
         if also.size:
             _copy(also[at:at + m], acc)
+    if streaming:
+        fence()
+
+
+@nb.njit(_sigs(nb.void, _to_rows_args), **_OPTIONS)
+def fold_ring_to_rows(win, start, stride, n, nrows, first, code, last, divisor, streaming):
+    """:func:`fold_ring` of ``n`` elements at ``start`` of every row, written back to every row.
+
+    Each L1-sized piece is folded in the ring's order (same bits as
+    :func:`fold_ring` and the ring), then written, while still in L1, over
+    that piece in all ``nrows`` rows (with streaming stores if
+    ``streaming``), so no rank has to read the result back from another's.
+    """
+    piece = np.empty(min(n, _PIECE), win.dtype)
+    none = win[:0]
+    for at in range(0, n, _PIECE):
+        m = min(_PIECE, n - at)
+        acc = piece[:m]
+        _copy(acc, _row(win, start, stride, first, -1, none, at, m))
+        for k in range(1, nrows):
+            q = (first + k) % nrows
+            _pair(acc, _row(win, start, stride, q, -1, none, at, m), acc,
+                  last if k == nrows - 1 else code, divisor)
+        for q in range(nrows):
+            row = _row(win, start, stride, q, -1, none, at, m)
+            if streaming:
+                _stream(row, acc)
+            else:
+                _copy(row, acc)
     if streaming:
         fence()
 

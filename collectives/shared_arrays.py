@@ -9,17 +9,21 @@ the same place on every rank, and runs the zero-copy algorithm (:func:`run`):
 
 1. arrive: the agreement header exchange, which also says every rank's
    data is ready (each rank wrote its array before it called);
-2. reduce: rank ``r`` folds chunk ``r`` of every rank's array, in the ring
-   all-reduce's order, into its own array in place;
-3. gather: every rank copies the other ranks' finished chunks from their
-   arrays into its own;
-4. leave: every rank waits until all have copied, so nobody changes its
-   array while a peer still reads it.
+2. reduce and hand out: rank ``r`` folds chunk ``r`` of every rank's
+   array, an L1-sized piece at a time, in the ring all-reduce's order, and
+   writes each finished piece, still in L1, into every rank's array.  Only
+   rank ``r`` reads or writes chunk ``r`` of any array, and it writes a
+   piece only after reading it;
+3. leave: every rank waits until all have written, so that its array is
+   whole and nobody touches it after the call.
 
 A plain buffer must first be copied into shared memory, which is the
 largest part of the memory traffic of :mod:`collectives.shared_memory`'s
-pipeline; here it is gone (per rank at 2 ranks: 2.5 times the buffer
-read and written, against 4).  The result has the ring's bits, like the
+pipeline; here it is gone, and each chunk of each array is read once and
+written once (2p bytes of traffic per byte over all ranks: per rank at 2
+ranks, 2 times the buffer; 4 for the pipeline).  Until 2026-11-25 each
+rank wrote only its own array and copied the others' finished chunks
+from theirs (3p - 1).  The result has the ring's bits, like the
 pipeline's.  ``optim.FlatParameters`` (and ``optim.MLP``) keep their
 gradient in one when given ``grad_comm=``; ``optim.train --shared-grad``.
 """
@@ -33,7 +37,7 @@ from collectives._chunks import chunk_bounds
 from collectives._lifetime import release_keyval
 from collectives._nodes import one_node_layout
 from collectives._ops import DTYPES, kernel_view
-from collectives._window import OUT, REDUCED, SharedWindow
+from collectives._window import OUT, SharedWindow
 from collectives.timeline import phase
 
 __all__ = ["shared_array", "find", "run"]
@@ -117,33 +121,19 @@ def run(buf, found, reduction, *, timeout, streaming=False):
     at = (window.large_offset() + offset) // item  # the array's start in row 0
     starts, sizes = chunk_bounds(flat.size, size)
     with phase(window.comm, "zero-copy all-reduce", bytes=buf.nbytes):
-        _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction,
-                         streaming)
-        window.publish(REDUCED, call)
-        window.wait(REDUCED, call, **wait)
-        _gather(flat, typed, at, stride, starts, sizes, rank, size,
-                K.copy_streaming if streaming else K.copy)
+        _reduce_my_chunk(typed, at, stride, starts, sizes, rank, size, reduction, streaming)
         window.publish(OUT, call)
-        window.wait(OUT, call, **wait)  # peers are done reading my array
+        window.wait(OUT, call, **wait)  # every row is whole, and nobody touches mine now
     return buf
 
 
-def _reduce_my_chunk(flat, typed, at, stride, starts, sizes, rank, size, reduction,
-                     streaming):
-    # Chunk `rank` of every row, folded from my own row in the ring's order
-    # (the ring's chunk `rank` starts at row `rank`), into my row in place.
+def _reduce_my_chunk(typed, at, stride, starts, sizes, rank, size, reduction, streaming):
+    # Chunk `rank` of every row, folded in the ring's order (its chunk
+    # `rank` starts at row `rank`) and written back into every row: only
+    # this rank reads or writes chunk `rank` of any row, and each piece is
+    # read before it is written.
     lo, n = starts[rank], sizes[rank]
     if n:
         code, last = K.CODES[reduction.name]
-        mine = flat[lo:lo + n]
-        K.fold_ring(mine, typed, at + lo, stride, size, rank, rank, mine, code, last,
-                    float(size), mine[:0], streaming)
-
-
-def _gather(flat, typed, at, stride, starts, sizes, rank, size, copy):
-    # The other ranks' finished chunks, from their rows.
-    for q in range(size):
-        lo, n = starts[q], sizes[q]
-        if q != rank and n:
-            theirs = q * stride + at + lo
-            copy(flat[lo:lo + n], typed[theirs:theirs + n])
+        K.fold_ring_to_rows(typed, at + lo, stride, n, size, rank, code, last, float(size),
+                            streaming)

@@ -84,8 +84,9 @@ def test_zero_copy_on_a_slice_and_above_the_small_mode(own, algorithm):
 
 
 def test_zero_copy_back_to_back_with_a_late_rank(own, monkeypatch):
-    # Nobody may change its array while a peer still copies from it: each
-    # call ends when every rank has copied.  The late rank changes in turn.
+    # Nobody may change its array while a peer still reads it or writes its
+    # finished chunk into it: each call ends when every rank has written.
+    # The late rank changes in turn.
     monkeypatch.setattr(shared_memory, "SMALL_BYTES", 0)
     rank, size = own.Get_rank(), own.Get_size()
     array = C.shared_array(own, 50_000, "float64")
