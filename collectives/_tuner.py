@@ -50,8 +50,9 @@ TRIALS = 3
 KEEP = 5
 #: A candidate whose last timed call was this much shorter than its others
 #: runs again (up to KEEP timed calls in a row): it is still warming up, as
-#: at the first size a process tunes (at 1 MiB "shm" took 401, 190, 156,
-#: then 100 us, and lost its trials to a candidate at 125), or the machine
+#: at the first size a process tunes (at 1 MiB, 2 ranks, "shm" took 401,
+#: 190 and 156 us on its timed trial calls and about 100 after them; in one
+#: benchmark run it lost its trials to "shm-pipelined"), or the machine
 #: changed in its favour since it was last tried.
 IMPROVING = 0.95
 #: How much shorter another candidate's time must be to take over from the
@@ -67,6 +68,9 @@ EXPLORE_MAX = 1024
 EXPLORE_SHARE = 0.04
 
 
+#: The best's typical time grown by this much since the last check of the
+#: retries: check again at once (the others' costs shrink against it).
+_SLOWED = 1.25
 _NEVER = float("inf")
 
 
@@ -157,7 +161,7 @@ class Tuner:
             bucket.improving = seconds < IMPROVING * min(bucket.times[index], default=_NEVER)
             bucket.add(index, seconds)
             self._settle(bucket)
-            if index == bucket.best and bucket.typical[index] > 1.25 * bucket.checked_at:
+            if index == bucket.best and bucket.typical[index] > _SLOWED * bucket.checked_at:
                 bucket.next_check = 0  # the best slowed down: the others may be due
         if bucket.best is not None:
             bucket.account(index, seconds)
