@@ -35,40 +35,30 @@ _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 
 
 @nb.njit(nogil=True, inline="always")
-def _pull(pid, out, address, iov):
-    # out <- out.nbytes bytes at `address` (an int64: user addresses are
-    # below 2**63) in process `pid`; True if all came.
-    nbytes = out.nbytes
+def _move(pid, local, address, iov, write):
+    # One kernel copy between `local` and local.nbytes bytes at `address`
+    # (an int64: user addresses are below 2**63) in process `pid`: into
+    # theirs if `write`, else into `local`; True if all bytes moved.
+    nbytes = local.nbytes
     if nbytes == 0:
         return True
-    iov[0], iov[1] = out.ctypes.data, nbytes  # local iovec
+    iov[0], iov[1] = local.ctypes.data, nbytes  # local iovec
     iov[2], iov[3] = address, nbytes  # remote iovec
     base = np.uint64(iov.ctypes.data)
-    return _readv(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
-
-
-@nb.njit(nogil=True, inline="always")
-def _push(pid, data, address, iov):
-    # `address` in process `pid` <- data; True if all went.
-    nbytes = data.nbytes
-    if nbytes == 0:
-        return True
-    iov[0], iov[1] = data.ctypes.data, nbytes
-    iov[2], iov[3] = address, nbytes
-    base = np.uint64(iov.ctypes.data)
-    return _writev(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
+    call = _writev if write else _readv
+    return call(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
 
 
 @nb.njit(**_OPTIONS)
 def pull(pid, out, address):
     """Fill ``out`` from ``address`` in process ``pid``; return whether all bytes came."""
-    return _pull(pid, out, address, np.empty(4, np.uint64))
+    return _move(pid, out, address, np.empty(4, np.uint64), False)
 
 
 @nb.njit(**_OPTIONS)
 def push(pid, data, address):
     """Copy ``data`` to ``address`` in process ``pid``; return whether all bytes went."""
-    return _push(pid, data, address, np.empty(4, np.uint64))
+    return _move(pid, data, address, np.empty(4, np.uint64), True)
 
 
 @nb.njit(**_OPTIONS)
@@ -89,12 +79,12 @@ def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, diviso
         m = min(piece, mine.size - at)
         for q in range(size):
             row = scratch[q * piece:q * piece + m]
-            if q != rank and not _pull(pids[q], row, addresses[q] + at * item, iov):
+            if q != rank and not _move(pids[q], row, addresses[q] + at * item, iov, False):
                 return q
         part = mine[at:at + m]
         fold_ring(part, scratch, 0, piece, size, rank, rank, part, code, last, divisor,
                   part[:0], False)
         for q in range(size):
-            if q != rank and not _push(pids[q], part, addresses[q] + at * item, iov):
+            if q != rank and not _move(pids[q], part, addresses[q] + at * item, iov, True):
                 return q
     return -1

@@ -237,6 +237,19 @@ def _row(win, start, stride, q, mine_row, mine, at, m):
     return win[start + q * stride + at:start + q * stride + at + m]
 
 
+@nb.njit(**_INLINE)
+def _fold_piece(acc, win, start, stride, nrows, first, mine_row, mine, at, code, last,
+                divisor):
+    # acc = elements at .. at + acc.size of the rows, folded in the ring's
+    # order from row `first` (row `mine_row` read from `mine`).
+    m = acc.size
+    _copy(acc, _row(win, start, stride, first, mine_row, mine, at, m))
+    for k in range(1, nrows):
+        q = (first + k) % nrows
+        _pair(acc, _row(win, start, stride, q, mine_row, mine, at, m), acc,
+              last if k == nrows - 1 else code, divisor)
+
+
 @nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)
 def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
               also, streaming):
@@ -256,11 +269,8 @@ def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last,
     for at in range(0, n, _PIECE):
         m = min(_PIECE, n - at)
         acc = piece[:m]
-        _copy(acc, _row(win, start, stride, first, mine_row, mine, at, m))
-        for k in range(1, nrows):
-            q = (first + k) % nrows
-            _pair(acc, _row(win, start, stride, q, mine_row, mine, at, m), acc,
-                  last if k == nrows - 1 else code, divisor)
+        _fold_piece(acc, win, start, stride, nrows, first, mine_row, mine, at, code, last,
+                    divisor)
         if streaming:
             _stream(out[at:at + m], acc)
         else:
@@ -285,11 +295,7 @@ def fold_ring_to_rows(win, start, stride, n, nrows, first, code, last, divisor, 
     for at in range(0, n, _PIECE):
         m = min(_PIECE, n - at)
         acc = piece[:m]
-        _copy(acc, _row(win, start, stride, first, -1, none, at, m))
-        for k in range(1, nrows):
-            q = (first + k) % nrows
-            _pair(acc, _row(win, start, stride, q, -1, none, at, m), acc,
-                  last if k == nrows - 1 else code, divisor)
+        _fold_piece(acc, win, start, stride, nrows, first, -1, none, at, code, last, divisor)
         for q in range(nrows):
             row = _row(win, start, stride, q, -1, none, at, m)
             if streaming:

@@ -193,10 +193,7 @@ class _State:
     def __init__(self, layout):
         self.layout, self.window, self.tuner, self.shared_tuner = layout, None, None, None
         # The largest call of the shared-memory small mode (-1: several nodes).
-        self.small_bytes = -1
-        if layout.nodes == 1:
-            self.small_bytes = min(shared_memory.SMALL_BYTES,
-                                   shared_memory.SMALL_TOTAL_BYTES // layout.total)
+        self.small_bytes = shared_memory.small_limit(layout.total) if layout.nodes == 1 else -1
 
     def small_window(self, comm):
         if self.window is None or self.window.freed:

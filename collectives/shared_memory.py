@@ -49,9 +49,9 @@ from collectives._window import (
 )
 from collectives.timeline import phase
 
-__all__ = ["shm_allreduce", "run", "run_small", "is_small", "window_agreement", "window_choice",
-           "fold_window", "SMALL_BYTES", "SMALL_TOTAL_BYTES", "WHOLE_BYTES", "BLOCK_BYTES",
-           "SLOTS"]
+__all__ = ["shm_allreduce", "run", "run_small", "is_small", "small_limit", "window_agreement",
+           "window_choice", "fold_window", "SMALL_BYTES", "SMALL_TOTAL_BYTES", "WHOLE_BYTES",
+           "BLOCK_BYTES", "SLOTS"]
 
 #: Messages up to this many bytes go through as one block: each block
 #: costs three waits and some tens of microseconds of Python, and data
@@ -72,9 +72,14 @@ SLOTS = 4
 SMALL_TOTAL_BYTES = 512 * 1024
 
 
+def small_limit(size):
+    """The most bytes per rank, over ``size`` ranks, that go through the small mode."""
+    return min(SMALL_BYTES, SMALL_TOTAL_BYTES // size)
+
+
 def is_small(nbytes, size):
     """Whether ``nbytes`` per rank over ``size`` ranks go through the small mode."""
-    return nbytes <= SMALL_BYTES and nbytes * size <= SMALL_TOTAL_BYTES
+    return nbytes <= small_limit(size)
 
 
 def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):

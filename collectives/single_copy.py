@@ -146,19 +146,19 @@ def run(buf, window, reduction, *, operation, timeout):
         return buf
     call = window.blocks = window.blocks + 1  # one "block" of the window's counters
     pids, addresses = _column(window, PID_AT), _column(window, BUFFER_AT)
-    starts, sizes = (np.array(v, dtype=np.int64) for v in chunk_bounds(flat.size, window.size))
     with phase(window.comm, "single-copy all-reduce", bytes=buf.nbytes):
-        _check(C.reduce_chunk(*_reduce_args(window, flat, reduction, pids, addresses,
-                                            starts, sizes)), pids, operation)
+        _check(C.reduce_chunk(*_reduce_args(window, flat, reduction, pids, addresses)),
+               pids, operation)
         window.publish(OUT, call)
         window.wait(OUT, call, operation=operation, timeout=timeout)  # all have written
     return buf
 
 
-def _reduce_args(window, flat, reduction, pids, addresses, starts, sizes):
+def _reduce_args(window, flat, reduction, pids, addresses):
     # reduce_chunk's arguments for my chunk: every rank's copy of it.
     rank, size, item = window.rank, window.size, flat.itemsize
-    lo, n = int(starts[rank]), int(sizes[rank])
+    starts, sizes = chunk_bounds(flat.size, size)
+    lo, n = starts[rank], sizes[rank]
     piece = max(1, PIECE_BYTES // item)
     rows = scratch(window.comm, "single-copy", size * piece, flat.dtype)
     code, last = K.CODES[reduction.name]
