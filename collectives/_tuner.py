@@ -8,7 +8,7 @@ stayed put.  A fixed threshold is wrong half the time, so "auto" times
 its candidates on live calls, as STAR-MPI does for MPI's collectives
 (Faraj, Yuan and Lowenthal, ICS 2006): per message size (a power-of-two
 bucket) it tries every candidate ``TRIALS`` times in a row, then runs the
-one with the shortest of its last ``KEEP`` times, and re-tries
+one with the shortest median of its last ``KEEP`` times, and re-tries
 the others now and then so that a change in the machine is noticed.  A
 retry costs what its calls take beyond the best's typical time, so each
 candidate is retried at a rate that keeps the cost of all retries near
@@ -41,19 +41,24 @@ __all__ = ["Tuner", "trial_calls", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
-#: Times kept per candidate and size.  The shortest decides, as in FFTW's
-#: planner: noise here only adds time (another process on the core, the
-#: first calls of a size warming caches and faulting in pages: "shm" took
-#: 476, 375, then 224 us on its first three timed calls at 2 MiB, 165 us
-#: after that, and with the median it lost to a candidate taking 250).
-#: A candidate that slows down for good is noticed after KEEP calls.
+#: Times kept per candidate and size; their median decides.  Not the
+#: shortest: a call's time on rank 0 depends on when the others arrive and
+#: get a core, so the shortest of a few calls is luck, most of all for the
+#: candidates whose time varies most (at 1 MiB, 4 ranks on 2 cores, "cma"
+#: took 500 us a call, rank 0's median 480, shortest 421-439; "shm" 400,
+#: median 379-422, shortest 291: the shortest ran "cma").  Nor the median
+#: of fewer: with three, two slow calls of the best let a near-tie take
+#: over (at 1 MiB, 2 ranks, "shm-pipelined" at 118 us ran for 50 calls at a
+#: time where "shm" took 100).  A candidate that slows down for good is
+#: noticed after KEEP // 2 + 1 calls.
 KEEP = 5
-#: A candidate whose last timed call was this much shorter than its others
-#: runs again (up to KEEP timed calls in a row): it is still warming up, as
-#: at the first size a process tunes (at 1 MiB, 2 ranks, "shm" took 401,
-#: 190 and 156 us on its timed trial calls and about 100 after them; in one
-#: benchmark run it lost its trials to "shm-pipelined"), or the machine
-#: changed in its favour since it was last tried.
+#: A timed call this much shorter than every kept time of its candidate
+#: supersedes them: they were warming up, as at the first size a process
+#: tunes (at 1 MiB, 2 ranks, "shm" took 401, 190 and 156 us on its timed
+#: trial calls and about 100 after them; in one benchmark run it lost its
+#: trials to "shm-pipelined"), or the machine has changed in its favour.
+#: The candidate runs on until it has ``TRIALS`` times again (at most KEEP
+#: timed calls in a row).
 IMPROVING = 0.95
 #: How much shorter another candidate's time must be to take over from the
 #: best: near-ties here differ by less than the noise (three candidates at
@@ -122,11 +127,11 @@ class Tuner:
         """Return the index of the candidate to run next for ``nbytes``."""
         bucket = self._bucket(nbytes)
         last, best = bucket.last, bucket.best
-        if last in self._live and (bucket.warming or len(bucket.times[last]) < self.trials
-                                   or (bucket.improving and bucket.streak < self.keep)):
-            return last  # time the one just switched to, go on trying it, or while it improves
+        if last in self._live and (bucket.warming or (bucket.run_on
+                                                      and bucket.streak < self.keep)):
+            return last  # time the one just switched to, or go on trying it
         if best is None:
-            return min(self._live, key=lambda i: len(bucket.times[i]))  # the next to try
+            return min(self._live, key=bucket.timed.__getitem__)  # the next to try
         if bucket.calls < bucket.next_check:
             return best  # nothing due yet (this runs on every call: keep it short)
         due, since, wait = best, -1, EXPLORE_MAX
@@ -158,11 +163,16 @@ class Tuner:
         bucket.warming = bucket.last != index  # a switch: not timed
         bucket.streak = 0 if bucket.warming else bucket.streak + 1
         if not bucket.warming:
-            bucket.improving = seconds < IMPROVING * min(bucket.times[index], default=_NEVER)
             bucket.add(index, seconds)
             self._settle(bucket)
-            if index == bucket.best and bucket.typical[index] > _SLOWED * bucket.checked_at:
+            best = bucket.best
+            if index == best and bucket.typical[index] > _SLOWED * bucket.checked_at:
                 bucket.next_check = 0  # the best slowed down: the others may be due
+            # Run on while short of its trials (after improving, too), or
+            # while a retry beats the best: its median is then all fresh
+            # times, not the stale ones that made it lose, nor one lucky call.
+            bucket.run_on = len(bucket.times[index]) < self.trials or (
+                best is not None and index != best and seconds < bucket.typical[best])
         if bucket.best is not None:
             bucket.account(index, seconds)
         bucket.last = index
@@ -181,14 +191,14 @@ class Tuner:
         return None if bucket is None or bucket.best is None else self.candidates[bucket.best]
 
     def _settle(self, bucket):
-        # The best once every live candidate has its trials (shortest time
+        # The best once every live candidate has its trials (shortest median
         # wins); the retries are then checked again at once.
-        bucket.tried = bucket.tried or all(len(bucket.times[i]) >= self.trials
+        bucket.tried = bucket.tried or all(bucket.timed[i] >= self.trials
                                            for i in self._live)
-        best = min(self._live, key=bucket.low.__getitem__) if bucket.tried else None
+        best = min(self._live, key=bucket.typical.__getitem__) if bucket.tried else None
         held = bucket.best
         if best is not None and held in self._live and (
-                bucket.low[best] > (1 - SWITCH_MARGIN) * bucket.low[held]):
+                bucket.typical[best] > (1 - SWITCH_MARGIN) * bucket.typical[held]):
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
             bucket.best, bucket.next_check = best, 0
@@ -207,8 +217,8 @@ class _Bucket:
 
     def __init__(self, n, keep):
         self.times = [deque(maxlen=keep) for _ in range(n)]
-        self.low = [float("inf")] * n  # shortest kept time
-        self.typical = [float("inf")] * n  # median kept time
+        self.timed = [0] * n  # timed calls so far
+        self.typical = [float("inf")] * n  # median kept time (the upper one of two)
         self.retry = [None] * n  # the last retry's (seconds, calls)
         self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
         self.best = None  # index, once every candidate has had its trials
@@ -218,16 +228,18 @@ class _Bucket:
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
         self.streak = 0  # timed calls of that candidate since the switch
-        self.improving = False  # whether the last was its shortest time by far
+        self.run_on = False  # whether that candidate is to run again (see record)
         self.last_tried = [-1] * n
         self.calls = 0
         self.chosen = None
 
     def add(self, index, seconds):
         times = self.times[index]
+        if seconds < IMPROVING * min(times, default=_NEVER):
+            times.clear()  # warming up, or the machine changed: see IMPROVING
         times.append(seconds)
-        ordered = sorted(times)
-        self.low[index], self.typical[index] = ordered[0], ordered[(len(ordered) - 1) // 2]
+        self.timed[index] += 1
+        self.typical[index] = sorted(times)[len(times) // 2]
 
     def account(self, index, seconds):
         # A retry's calls, from leaving the best to its first call back (a

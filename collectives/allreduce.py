@@ -255,12 +255,12 @@ def _zero_copy(buf, comm, state, found, reduction, operation, timeout):
     # so ranks that passed plain buffers or other places raise a mismatch
     # instead of waiting on counters that nobody else bumps; it also
     # carries rank 0's pick of plain or streaming stores, timed as in _tuned.
+    start = time.perf_counter()  # from entry: see _tuned
     if state.shared_tuner is None:
         state.shared_tuner = _new_tuner(SHARED_TUNED)
     tuner = state.shared_tuner
     picked = _pick(tuner, buf, comm, reduction, fallback=0, timeout=timeout,
                    operation=f"{operation}/shared+{found[1]}")
-    start = time.perf_counter()
     shared_arrays.run(buf, found, reduction, timeout=timeout,
                       streaming=SHARED_TUNED[picked] == "shared-streaming")
     tuner.record(buf.nbytes, picked, time.perf_counter() - start)
@@ -271,6 +271,11 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     # One node, large: rank 0 picks one of TUNED from their times on earlier
     # calls (or by the thresholds, with tuning off); the pick rides in the
     # agreement exchange, so every rank runs it.  All give the same bits.
+    # Timed from entry, the exchange included: it is where rank 0 waits
+    # for the others to finish the last call, which costs some algorithms
+    # more than others (at 1 MiB, 4 ranks on 2 cores, "cma" took 500 us a
+    # call and 190-270 us on rank 0 after the exchange, "shm" 400 and 290).
+    start = time.perf_counter()
     tuner, window = _tuner(state), shared_window(comm)
     fallback = TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size()))
     single_copy.announce(window, buf)  # for "cma"; rides in the exchange
@@ -279,7 +284,6 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     if TUNED[picked] == "cma" and not single_copy.usable(window):
         tuner.drop(picked)  # on every rank; rank 0's is the one that counts
         picked = TUNED.index("ring")
-    start = time.perf_counter()
     name = TUNED[picked]
     if name == "ring":
         ring_allreduce(buf, comm, op=op, check=False, timeout=timeout)
