@@ -98,10 +98,14 @@ class Tuner:
         Algorithm names; on a tie the earlier one wins.
     enabled : bool
         False: the caller picks by its own rule (and still records).
+    smallest : mapping of str to int, optional
+        A candidate's smallest message size in bytes: it is not tried in a
+        size bucket that starts below it (one that never wins there costs
+        retries, and a near-tie hands over to it on noise).
 
     """
 
-    def __init__(self, candidates, *, enabled=True, trials=TRIALS, keep=KEEP,
+    def __init__(self, candidates, *, enabled=True, smallest=None, trials=TRIALS, keep=KEEP,
                  explore_every=EXPLORE_EVERY, explore_share=EXPLORE_SHARE):
         if len(candidates) < 1:
             raise ValueError("a tuner needs at least one candidate")
@@ -111,6 +115,7 @@ class Tuner:
                              f"explore_every={explore_every}, explore_share={explore_share}")
         self.candidates = tuple(candidates)
         self.enabled = enabled
+        self.smallest = [int((smallest or {}).get(name, 0)) for name in self.candidates]
         self.trials, self.keep, self.explore_every = trials, keep, explore_every
         self.explore_share = explore_share
         self._sizes = {}  # bucket -> _Bucket
@@ -121,21 +126,23 @@ class Tuner:
         if index in self._live and len(self._live) > 1:
             self._live.remove(index)
             for bucket in self._sizes.values():
+                if index in bucket.live and len(bucket.live) > 1:
+                    bucket.live.remove(index)
                 self._settle(bucket)
 
     def propose(self, nbytes):
         """Return the index of the candidate to run next for ``nbytes``."""
         bucket = self._bucket(nbytes)
         last, best = bucket.last, bucket.best
-        if last in self._live and (bucket.warming or (bucket.run_on
+        if last in bucket.live and (bucket.warming or (bucket.run_on
                                                       and bucket.streak < self.keep)):
             return last  # time the one just switched to, or go on trying it
         if best is None:
-            return min(self._live, key=bucket.timed.__getitem__)  # the next to try
+            return min(bucket.live, key=bucket.timed.__getitem__)  # the next to try
         if bucket.calls < bucket.next_check:
             return best  # nothing due yet (this runs on every call: keep it short)
         due, since, wait = best, -1, EXPLORE_MAX
-        for i in self._live:
+        for i in bucket.live:
             if i != best:
                 idle = bucket.calls - bucket.last_tried[i]
                 left = self._interval(bucket, i, best) - idle
@@ -154,7 +161,7 @@ class Tuner:
         # typical time.
         spent, calls = bucket.retry[index] or (2 * bucket.typical[index], 2)
         typical = max(bucket.typical[best], 1e-12)
-        calls = (spent / typical - calls) * (len(self._live) - 1) / self.explore_share
+        calls = (spent / typical - calls) * (len(bucket.live) - 1) / self.explore_share
         return max(self.explore_every, min(EXPLORE_MAX, int(calls)))
 
     def record(self, nbytes, index, seconds):
@@ -194,10 +201,10 @@ class Tuner:
         # The best once every live candidate has its trials (shortest median
         # wins); the retries are then checked again at once.
         bucket.tried = bucket.tried or all(bucket.timed[i] >= self.trials
-                                           for i in self._live)
-        best = min(self._live, key=bucket.typical.__getitem__) if bucket.tried else None
+                                           for i in bucket.live)
+        best = min(bucket.live, key=bucket.typical.__getitem__) if bucket.tried else None
         held = bucket.best
-        if best is not None and held in self._live and (
+        if best is not None and held in bucket.live and (
                 bucket.typical[best] > (1 - SWITCH_MARGIN) * bucket.typical[held]):
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
@@ -208,14 +215,17 @@ class Tuner:
         key = nbytes.bit_length()
         bucket = self._sizes.get(key)
         if bucket is None:
-            bucket = self._sizes[key] = _Bucket(len(self.candidates), self.keep)
+            low = 1 << max(key - 1, 0)  # the bucket's smallest size
+            live = [i for i in self._live if self.smallest[i] <= low] or list(self._live)
+            bucket = self._sizes[key] = _Bucket(len(self.candidates), self.keep, live)
         return bucket
 
 
 class _Bucket:
     """One message size's times, retry costs, call count and last choice."""
 
-    def __init__(self, n, keep):
+    def __init__(self, n, keep, live):
+        self.live = live  # the candidates tried at this size
         self.times = [deque(maxlen=keep) for _ in range(n)]
         self.timed = [0] * n  # timed calls so far
         self.typical = [float("inf")] * n  # median kept time (the upper one of two)

@@ -71,6 +71,13 @@ TUNE_MIN_BYTES = 1 << 20
 #: "cma" (collectives.single_copy: no copy into shared memory) is left out
 #: where the ranks may not read each other's memory.
 TUNED = ("shm", "shm-pipelined", "shm-streaming", "ring", "cma")
+#: Candidates tried only from a size on (the tuner's ``smallest``): blocks
+#: only where "shm" itself would cut the buffer into them.  Up to 4 MiB one
+#: block was faster than 512 KiB blocks in every table at 2 and 4 ranks
+#: (1 MiB, 2 ranks: 95-100 us against 110-120), and as a candidate there
+#: "shm-pipelined" cost retries and, on noise, ran as the best for 50-250
+#: calls in a row.
+TUNED_SMALLEST = {"shm-pipelined": shared_memory.WHOLE_BYTES + 1}
 #: The tuner's candidates for a shared array: plain and streaming stores.
 SHARED_TUNED = ("shared", "shared-streaming")
 
@@ -257,7 +264,7 @@ def _zero_copy(buf, comm, state, found, reduction, operation, timeout):
     # carries rank 0's pick of plain or streaming stores, timed as in _tuned.
     start = time.perf_counter()  # from entry: see _tuned
     if state.shared_tuner is None:
-        state.shared_tuner = _new_tuner(SHARED_TUNED)
+        state.shared_tuner = _new_tuner(SHARED_TUNED, {})
     tuner = state.shared_tuner
     picked = _pick(tuner, buf, comm, reduction, fallback=0, timeout=timeout,
                    operation=f"{operation}/shared+{found[1]}")
@@ -311,15 +318,15 @@ def _pick(tuner, buf, comm, reduction, *, fallback, operation, timeout):
 def _tuner(state):
     # The tuner of plain buffers, made on the first tuned call.
     if state.tuner is None:
-        state.tuner = _new_tuner(TUNED)
+        state.tuner = _new_tuner(TUNED, TUNED_SMALLEST)
     return state.tuner
 
 
-def _new_tuner(candidates):
+def _new_tuner(candidates, smallest):
     # MPI_COLLECTIVES_TUNE=0 (read on rank 0, whose choice counts) keeps
     # the fixed thresholds (plain buffers) or plain stores (shared arrays).
     enabled = os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0"
-    return Tuner(candidates, enabled=enabled)
+    return Tuner(candidates, enabled=enabled, smallest=smallest)
 
 
 def auto_choice(comm, nbytes):

@@ -222,6 +222,20 @@ def test_a_candidate_still_warming_up_runs_on():
     assert tuner.best(MIB) == "shm"
 
 
+def test_a_candidate_is_not_tried_below_its_smallest_size():
+    # shm-pipelined from 8 MiB on: at 1 MiB (and 4-8 MiB) only the others
+    # run, trials and retries alike; dropping the last one there keeps it.
+    tuner = Tuner(("shm", "shm-pipelined", "ring"), smallest={"shm-pipelined": 8 * MIB},
+                  trials=2, explore_every=4, explore_share=0.5)
+    cost = {"shm": 2.0, "shm-pipelined": 1.0, "ring": 3.0}
+    assert "shm-pipelined" not in _run(tuner, MIB, cost, 60)
+    assert "shm-pipelined" not in _run(tuner, 6 * MIB, cost, 60)
+    assert "shm-pipelined" in _run(tuner, 8 * MIB, cost, 12)
+    assert tuner.best(MIB) == "shm" and tuner.best(8 * MIB) == "shm-pipelined"
+    tuner.drop(0)
+    assert set(_run(tuner, MIB, cost, 8)) == {"ring"}
+
+
 def test_trial_calls_bound_the_trials():
     # Every candidate warming up all the way: the trials end within
     # trial_calls, which benchmarks use as the warm-up of "auto".
