@@ -12,8 +12,8 @@ one with the shortest median of its last ``KEEP`` times, and re-tries
 the others now and then so that a change in the machine is noticed.  A
 retry costs what its calls take beyond the best's typical time, so each
 candidate is retried at a rate that keeps the cost of all retries near
-``EXPLORE_SHARE`` of the time: with five candidates, one that costs two
-of the best's calls per retry every 200 calls, a near-tie every
+``EXPLORE_SHARE`` of the time: with four others, one that costs two of
+the best's calls per retry every 400 calls, a near-tie every
 ``EXPLORE_EVERY``.  The cost is measured, not assumed: it is the excess
 of every call from leaving the best to coming back, the switches
 included.  (Costs taken from the timed calls alone, 2 (ratio - 1), were
@@ -69,8 +69,11 @@ SWITCH_MARGIN = 0.03
 EXPLORE_EVERY = 16
 #: Most calls between two retries of a candidate.
 EXPLORE_MAX = 1024
-#: Share of the time that retries of the candidates other than the best may cost.
-EXPLORE_SHARE = 0.04
+#: Share of the time that retries of the candidates other than the best may
+#: cost.  At 4% they took 3-4.7% of 600-call traces at 1 MiB, 2 ranks, where
+#: "auto" has little room (the best, "shm", took 0.7x MPI's time); the best
+#: slowing down (``_SLOWED``) brings the retries forward anyway.
+EXPLORE_SHARE = 0.02
 
 
 #: The best's typical time grown by this much since the last check of the

@@ -198,7 +198,7 @@ def test_a_slower_best_brings_the_retries_forward():
 def test_a_near_tie_does_not_take_over(ring, best):
     # Within SWITCH_MARGIN (3%) of the best, a candidate is noise, and a
     # switch costs a call on a cold cache; 5% faster takes over.
-    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4)
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4, explore_share=0.25)
     _run(tuner, MIB, {"shm": 1.0, "ring": 1.5}, 8)
     assert tuner.best(MIB) == "shm"
     _run(tuner, MIB, {"shm": 1.0, "ring": ring}, 40)
