@@ -154,6 +154,7 @@ class Setup:
     root: int
     inplace: bool
     agree: bool
+    rewrite: bool = False
 
 
 def make_runner(setup, name, send, recv):
@@ -329,11 +330,13 @@ def _skips_pass(names, runners, report):
     return not missing
 
 
-def _measure(runners, comm, nbytes, args):
+def _measure(runners, comm, nbytes, args, rewrites=None):
     # Median over repeats of (avg, min, max) over ranks, algorithms interleaved.
     # "auto" and "auto-shared" are warmed up past their tuners' trials on the first repeat, as a
     # training job is after its first few steps (the retries of the other
     # candidates, collectives._tuner.EXPLORE_SHARE of the time, stay in the timing).
+    # With ``rewrites`` (name -> the rewrite alone, which each runner then
+    # makes before its call) the rewrite's own time is taken off.
     warmup, iters = iterations(nbytes, args.warmup, floor=1), iterations(nbytes, args.iters)
     trials = {"auto": trial_calls(len(_ALLREDUCE.TUNED)),
               "auto-shared": trial_calls(len(_ALLREDUCE.SHARED_TUNED))}
@@ -341,9 +344,31 @@ def _measure(runners, comm, nbytes, args):
     for repeat in range(args.repeats):
         for name, run in runners.items():
             extra = trials.get(name, 0) if repeat == 0 and args.warmup else 0
-            samples[name].append(rank_stats(time_block(run, comm, warmup + extra, iters),
-                                            comm))
+            seconds = time_block(run, comm, warmup + extra, iters)
+            if rewrites:
+                seconds -= time_block(rewrites[name], comm, warmup, iters)
+            samples[name].append(rank_stats(seconds, comm))
     return iters, {name: median_stats(s) for name, s in samples.items()}
+
+
+def _rewriting(runners, send, recv):
+    # Each runner rewrites its buffer from ``send`` before its call, as a
+    # training step writes its gradients before the all-reduce: the data
+    # is then in the writer's cache, not where the last call left it.
+    # Returns the new runners and, per name, the rewrite alone.
+    wrapped, alone = {}, {}
+    for name, run in runners.items():
+        target = getattr(run, "result", recv)
+
+        def rewrite(target=target):
+            np.copyto(target, send)
+
+        def both(run=run, rewrite=rewrite):
+            rewrite()
+            run()
+        both.result = target
+        wrapped[name], alone[name] = both, rewrite
+    return wrapped, alone
 
 
 def _row(setup, name, nbytes, count, iters, stats, base, check):
@@ -380,7 +405,10 @@ def run_collective(setup, names, args, report):
                 ok = validate(setup, lambda s, r, n=name: make_runner(setup, n, s, r), count)
                 checks[name] = "pass" if ok else "FAIL"
                 all_good = all_good and ok
-        iters, stats = _measure(runners, comm, nbytes, args)
+        rewrites = None
+        if setup.rewrite:
+            runners, rewrites = _rewriting(runners, send, recv)
+        iters, stats = _measure(runners, comm, nbytes, args, rewrites)
         base = stats["mpi"][2] if "mpi" in stats else None
         for name in runners:
             report.add(_row(setup, name, nbytes, count, iters, stats[name], base,
@@ -421,6 +449,10 @@ def _collective_parser(sub, name, text):
                         help="validate every result against MPI's own; exit 1 on failure")
     parser.add_argument("--no-agree", action="store_true",
                         help="turn off our count/dtype agreement check (check=False)")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="every rank rewrites its buffer before each call, as a "
+                             "training step writes its gradients (that rewrite's own time, "
+                             "measured alone, is taken off); in place only")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="plot busbw against size, one line per algorithm")
 
@@ -463,6 +495,8 @@ def _check_args(parser, args, comm):
         parser.error(f"op 'avg' needs a floating dtype, got {args.dtype}")
     if args.command == "bcast" and args.out_of_place:
         parser.error("bcast has no out-of-place form; drop -O")
+    if args.rewrite and args.out_of_place:
+        parser.error("--rewrite is for in-place runs (out of place, ours copy anyway); drop -O")
     if not 0 <= args.root < comm.Get_size():
         parser.error(f"--root {args.root} is out of range for {comm.Get_size()} ranks")
     if min(args.iters, args.repeats) < 1 or args.warmup < 0:
@@ -490,13 +524,14 @@ def _run_collective_command(parser, args, comm):
     _check_args(parser, args, comm)
     names = _resolve_algorithms(parser, args)
     setup = Setup(args.command, comm, np.dtype(args.dtype), args.op, args.root,
-                  not args.out_of_place, not args.no_agree)
+                  not args.out_of_place, not args.no_agree, args.rewrite)
     meta = dict(machine_info(comm), command=_command(args), collective=args.command,
                 dtype=args.dtype, op=args.op, inplace=setup.inplace, agree=setup.agree,
-                repeats=args.repeats, algorithms=names)
+                rewrite=setup.rewrite, repeats=args.repeats, algorithms=names)
     report = Report(COLUMNS, meta, enabled=comm.Get_rank() == 0)
     report.header(f"{args.command}, {args.dtype} {args.op}, "
-                  f"{'in place' if setup.inplace else 'out of place'}, "
+                  f"{'in place' if setup.inplace else 'out of place'}"
+                  f"{', buffer rewritten before each call' if setup.rewrite else ''}, "
                   f"{comm.Get_size()} ranks, median of {args.repeats} repeat(s); "
                   "time per call over ranks, GB/s from max")
     good = run_collective(setup, names, args, report)

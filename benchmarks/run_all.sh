@@ -81,6 +81,15 @@ for n in $RANKS; do
         "$OUT/allreduce-$n-tuned.json" > "$OUT/baseline-$n.md"
 done
 
+for n in $RANKS; do  # each rank rewrites its buffer before every call, as in training
+    log "allreduce $n ranks, rewritten buffers"
+    name="allreduce-$n-rewrite"
+    bench "$n" allreduce -m 1M:64M -r "$REPEATS" -c --rewrite \
+        -a mpi,shm,shm-streaming,ring,cma,auto,auto-shared \
+        --json "$OUT/$name.json" --markdown "$OUT/$name.md" | tee "$OUT/$name.txt" || failed+=("$name")
+    "$PY" -m benchmarks.summary table "$OUT/$name.json" > "$OUT/$name.table.md"
+done
+
 for n in $RANKS; do  # auto against its candidates over a long run, as in training
     log "tuner $n ranks"
     timeout -k 10 "$LIMIT" "$VENV/bin/mpiexec" -n "$n" "$PY" -m mpi4py -m benchmarks.tuner \

@@ -50,7 +50,8 @@ def _by_size(rows):
 def _caption(meta):
     malloc = f"GLIBC_TUNABLES={meta['GLIBC_TUNABLES']}" if meta.get("GLIBC_TUNABLES") \
         else "default malloc"
-    return (f"{meta['ranks']} ranks, {meta.get('dtype')} {meta.get('op')}, {malloc}, "
+    rewrite = ", buffer rewritten before each call" if meta.get("rewrite") else ""
+    return (f"{meta['ranks']} ranks, {meta.get('dtype')} {meta.get('op')}, {malloc}{rewrite}, "
             f"median of {meta.get('repeats')}, load {meta['loadavg'][0]} -> "
             f"{meta.get('loadavg_end', ['?'])[0]}, {meta['time']}")
 

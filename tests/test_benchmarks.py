@@ -95,6 +95,43 @@ def test_auto_on_a_shared_array_passes(inplace):
     assert all(r["check"] == "pass" for r in rows), log
 
 
+def test_rewrite_runs_validate_and_say_so(tmp_path):
+    # --rewrite: every rank rewrites its buffer before each call (a training
+    # step's gradients), auto-shared its shared array; out of place refused.
+    out = tmp_path / "r.json"
+    result, log = _bench(3, ["allreduce", "-m", "256:1M", "-c", "--rewrite", "--json", str(out),
+                             "-a", "mpi,ring,shm,cma,auto,auto-shared", *TINY])
+    assert result.returncode == 0, log
+    assert all(r["check"] == "pass" for r in _table(result.stdout)), log
+    assert json.loads(out.read_text())["meta"]["rewrite"] is True
+    assert "buffer rewritten before each call" in result.stdout
+    result, log = _bench(1, ["allreduce", "-O", "--rewrite", *TINY])
+    assert result.returncode == 2 and "--rewrite is for in-place runs" in result.stderr, log
+
+
+def test_rewriting_writes_the_buffer_before_every_call():
+    import numpy as np
+    send, recv, shared = np.zeros(8), np.full(8, 5.0), np.full(8, 7.0)
+    seen = []
+
+    def run():
+        seen.append(recv.copy())
+        recv[:] = 5.0
+
+    def run_shared():
+        seen.append(shared.copy())
+        shared[:] = 7.0
+    run_shared.result = shared
+    wrapped, alone = bench._rewriting({"a": run, "b": run_shared}, send, recv)
+    for _ in range(2):
+        wrapped["a"]()
+        wrapped["b"]()
+    assert all((s == 0).all() for s in seen) and len(seen) == 4
+    assert wrapped["b"].result is shared
+    alone["a"]()
+    assert (recv == 0).all() and (shared == 7.0).all()
+
+
 def test_the_tuners_shared_memory_variants_pass():
     # "auto"'s candidates that have no algorithm name of their own, as
     # columns: the whole buffer as one block, 512 KiB blocks (4 and 8 of
