@@ -79,6 +79,13 @@ EXPLORE_SHARE = 0.02
 #: The best's typical time grown by this much since the last check of the
 #: retries: check again at once (the others' costs shrink against it).
 _SLOWED = 1.25
+#: A call of a retry counts as at most this many of its candidate's typical
+#: calls.  A switch costs up to 2.5 (a cold cache); a call that lost its
+#: core costs what the machine did, not the candidate (at 2 MiB, 2 ranks,
+#: "cma" took 400-500 us a call and once 22,700): counted whole, one such
+#: call made a retry cost 50 of the best's calls and held the candidate
+#: back for EXPLORE_MAX calls, while it was the fastest.
+_OUTLIER = 4.0
 _NEVER = float("inf")
 
 
@@ -258,7 +265,9 @@ class _Bucket:
         # A retry's calls, from leaving the best to its first call back (a
         # switch, shared by the candidates tried since leaving it): their
         # seconds and number, so that their cost can be taken against the
-        # best's typical time of the moment.
+        # best's typical time of the moment; each call at most _OUTLIER of
+        # its candidate's typical ones.
+        seconds = min(seconds, _OUTLIER * self.typical[index])
         if index != self.best:
             spent, calls = self.excursion.get(index, (0.0, 0))
             self.excursion[index] = (spent + seconds, calls + 1)

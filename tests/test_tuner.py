@@ -194,6 +194,22 @@ def test_a_slower_best_brings_the_retries_forward():
     assert tuner.best(MIB) == "ring" and picks[-1] == "ring", picks
 
 
+def test_a_call_that_lost_its_core_does_not_hold_a_candidate_back():
+    # One call of a retry of ring took 100x its time (the machine, not
+    # ring).  Counted whole, the retry would cost 150 of shm's calls, and
+    # ring, fast again, would wait about 600 calls for its next retry;
+    # counted as 4 of ring's calls, the retry costs 5.5 and the next comes
+    # 22 calls later (with a quarter of the time for retries).
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4, explore_share=0.25)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 1.5}, 12)
+    assert tuner.best(MIB) == "shm"
+    picks = []
+    while picks.count("ring") < 2:  # one retry of ring: a switch, then a slow call
+        picks += _run(tuner, MIB, {"shm": 1.0, "ring": 150.0 if "ring" in picks else 1.5}, 1)
+    picks = _run(tuner, MIB, {"shm": 1.0, "ring": 0.5}, 40)  # ring got faster
+    assert tuner.best(MIB) == "ring" and 20 <= picks.index("ring") <= 24, picks
+
+
 @pytest.mark.parametrize("ring, best", [(0.99, "shm"), (0.95, "ring")])
 def test_a_near_tie_does_not_take_over(ring, best):
     # Within SWITCH_MARGIN (3%) of the best, a candidate is noise, and a
