@@ -29,6 +29,7 @@ __all__ = [
     "merge_header",
     "rows_equal", "all_at_least",
     "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
+    "compiled",
 ]
 
 SUM, PROD, MIN, MAX, SUM_DIV = range(5)
@@ -41,6 +42,18 @@ _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 _I64 = nb.int64[::1]
 _INLINE = dict(nogil=True, inline="always")
 _PIECE = 2048  # elements of fold_ring's L1 buffer
+
+
+def compiled(kernel, *args):
+    """Return ``kernel``'s compiled entry point for the types of ``args``, or ``kernel``.
+
+    The entry point skips Numba's dispatch, which infers the type of every
+    argument on every call (0.25 us of the 1.7 us of a small exchange at 2
+    ranks): its caller must pass arguments of exactly these types.
+    ``kernel`` itself where that signature is not compiled yet.
+    """
+    overload = kernel.overloads.get(tuple(nb.typeof(a) for a in args))
+    return kernel if overload is None else overload.entry_point
 
 
 def _sigs(ret, make):

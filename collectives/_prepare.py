@@ -3,14 +3,12 @@
 import functools
 import zlib
 
-import numpy as np
-
 from collectives._agree import check_agreement, check_comm
-from collectives._ops import _SUPPORTED, DTYPES, check_buffer, check_root, resolve_op
+from collectives._ops import DTYPES, check_buffer, check_root, resolve_op
 from collectives._wait import resolve_timeout
 from collectives.timeline import phase
 
-__all__ = ["prepare", "prepare_local", "quick_local", "collective_fields"]
+__all__ = ["prepare", "prepare_local", "collective_fields"]
 
 _NO_OP = object()  # tree_bcast takes no op; None must still be rejected
 
@@ -50,22 +48,6 @@ def prepare_local(operation, buf, comm, *, op, timeout=None):
     if timeout is not None:
         resolve_timeout(timeout)
     return reduction
-
-
-def quick_local(buf, op):
-    """:func:`prepare_local`'s buffer and op checks for the usual call, or None.
-
-    The op if ``buf`` is a writeable C-contiguous ``numpy.ndarray`` (not a
-    subclass) of a supported dtype and ``op`` a known name; None for
-    anything else, which must then go through :func:`prepare_local` (and
-    its errors).  For the small-message fast path, where the general
-    checks' function calls were a fifth of a call's time.
-    """
-    if type(buf) is np.ndarray and isinstance(op, str):
-        flags = buf.flags
-        if flags.c_contiguous and flags.writeable and buf.dtype in _SUPPORTED:
-            return _resolve_named(op, buf.dtype)
-    return None
 
 
 def collective_fields(operation, buf, reduction, *, root=None):

@@ -26,6 +26,7 @@ changes a result bit.  ``MPI_COLLECTIVES_TUNE=0`` keeps the thresholds.
 import os
 import time
 
+import numpy as np
 from mpi4py import MPI
 
 from collectives import (
@@ -36,7 +37,7 @@ from collectives import (
     single_copy,
 )
 from collectives._nodes import node_layout
-from collectives._prepare import prepare_local, quick_local
+from collectives._prepare import prepare_local
 from collectives._tuner import Tuner
 from collectives._window import shared_window
 from collectives.hierarchical import hierarchical_allreduce
@@ -142,16 +143,19 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     copying the data in (:mod:`collectives.shared_arrays`), checked always.
     """
     if algorithm == "auto":
-        # The usual small call on one node (a comm seen before, no timeout,
-        # a plain buffer, an op by name) in the fewest steps: at 2 ranks the
-        # general path's Python took 1-1.5 us of a 2.5-4.5 us call, this
-        # one 0.6-0.9.  Anything else takes the general path and its errors.
-        if timeout is None and isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:
+        # The usual small call on one node (a comm seen before, a plain
+        # buffer of a kind already called, an op by name, no timeout) in the
+        # fewest steps: the checks that the kind's prepared call needs,
+        # then its kernel.  At 2 ranks the general path's Python took 2-3 us
+        # of a 4.8 us call (Intel Xeon VM; MPI's own 2.6-2.9).  Anything
+        # else takes the general path and its errors.
+        if (timeout is None and type(buf) is np.ndarray and isinstance(op, str)
+                and isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL):
             state = comm.Get_attr(_STATE_KEY)
-            reduction = None if state is None else quick_local(buf, op)
-            if reduction is not None and buf.nbytes <= state.small_bytes:
-                return shared_memory.run_small(buf, state.small_window(comm), reduction,
-                                               "allreduce", None)
+            if state is not None and buf.ndim == 1 and buf.flags.carray:
+                call = state.small_calls.get((op, buf.size, buf.dtype))
+                if call is not None and not call.window.freed:
+                    return call.run(buf)
         return _auto(buf, comm, op, check, timeout)
     implementation = _IMPLEMENTATIONS.get(algorithm) if isinstance(algorithm, str) else None
     if implementation is None:
@@ -189,23 +193,37 @@ def _named(buf, comm, name, op, timeout):
 class _State:
     """What allreduce keeps per communicator, under one attribute.
 
-    mpi4py takes 0.25 us to look up a set attribute, a tenth of a small
-    call; so the node layout, the shared window of small calls (None until
-    the first; replaced when it has been freed for a larger one) and the
-    tuners (None until the first tuned call) are fetched together.
+    mpi4py takes 0.25-0.4 us to look up a set attribute, a tenth of a
+    small call; so the node layout, the shared window of small calls (None
+    until the first; replaced when it has been freed for a larger one),
+    the prepared small calls of the lean path (by op, count and dtype) and
+    the tuners (None until the first tuned call) are fetched together.
     """
 
-    __slots__ = ("layout", "small_bytes", "window", "tuner", "shared_tuner")
+    __slots__ = ("layout", "window", "small_calls", "tuner", "shared_tuner")
 
     def __init__(self, layout):
         self.layout, self.window, self.tuner, self.shared_tuner = layout, None, None, None
-        # The largest call of the shared-memory small mode (-1: several nodes).
-        self.small_bytes = shared_memory.small_limit(layout.total) if layout.nodes == 1 else -1
+        self.small_calls = {}
 
     def small_window(self, comm):
         if self.window is None or self.window.freed:
             self.window = shared_window(comm)
         return self.window
+
+    def run_small(self, buf, comm, op, reduction, timeout):
+        # The small mode's call; a plain buffer's kind is then prepared
+        # for the lean path (see allreduce), on the current window.
+        window = self.small_window(comm)
+        shared_memory.run_small(buf, window, reduction, "allreduce", timeout)
+        if (type(buf) is np.ndarray and isinstance(op, str) and buf.ndim == 1
+                and buf.flags.carray and buf.dtype != np.float16):
+            key = (op, buf.size, buf.dtype)
+            call = self.small_calls.get(key)
+            if call is None or call.window is not window:
+                self.small_calls[key] = shared_memory.SmallCall(window, buf, reduction,
+                                                                "allreduce")
+        return buf
 
 
 def _state(comm, timeout):
@@ -234,8 +252,7 @@ def _auto(buf, comm, op, check, timeout):
     state, nbytes = _state(comm, timeout), buf.nbytes
     layout = state.layout
     if layout.nodes == 1 and shared_memory.is_small(nbytes, layout.total):
-        return shared_memory.run_small(buf, state.small_window(comm), reduction,
-                                       "allreduce", timeout)
+        return state.run_small(buf, comm, op, reduction, timeout)
     if layout.nodes == 1:
         found = shared_arrays.find(comm, buf)
         if found is not None:

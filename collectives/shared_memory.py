@@ -49,9 +49,9 @@ from collectives._window import (
 )
 from collectives.timeline import phase
 
-__all__ = ["shm_allreduce", "run", "run_small", "is_small", "small_limit", "window_agreement",
-           "window_choice", "fold_window", "SMALL_BYTES", "SMALL_TOTAL_BYTES", "WHOLE_BYTES",
-           "BLOCK_BYTES", "SLOTS"]
+__all__ = ["shm_allreduce", "run", "run_small", "SmallCall", "is_small", "small_limit",
+           "window_agreement", "window_choice", "fold_window", "SMALL_BYTES",
+           "SMALL_TOTAL_BYTES", "WHOLE_BYTES", "BLOCK_BYTES", "SLOTS"]
 
 #: Messages up to this many bytes go through as one block: each block
 #: costs three waits and some tens of microseconds of Python, and data
@@ -177,17 +177,26 @@ def _exchange(window, buf, flat, reduction, operation, timeout, *, proposal=0):
         status = K.exchange(flat, kind.typed, words, kind.plan, sequence)
         if status == K.DONE:
             return proposal
-    choice_at, slot = CHOICE_AT + (sequence & 1), sequence & 1
-    header_at = window.header_offset(slot) // 8
-    if flat is None:
+    else:
         if window.rank == 0:
-            words[choice_at] = sequence * 16 + proposal
+            words[CHOICE_AT + (sequence & 1)] = sequence * 16 + proposal
+        header_at = window.header_offset(sequence & 1) // 8
         words[window.rank * window.stride // 8 + header_at:][:kind.header.size] = kind.header
         window.publish(ARRIVE, sequence)
         status = K.NOT_YET
+    return _conclude(window, flat, reduction, kind, sequence, status, operation, timeout)
+
+
+def _conclude(window, flat, reduction, kind, sequence, status, operation, timeout):
+    # After the kernel or the header's publication: wait for all if they
+    # had not all arrived, check and fold; raise on a disagreement or a
+    # call out of step; return rank 0's proposal.
+    words, slot = window.words, sequence & 1
+    choice_at = CHOICE_AT + slot
     if status == K.NOT_YET:
         window.wait(ARRIVE, sequence, operation=operation, timeout=timeout)
-        status = _finish(window, flat, reduction, words, header_at, kind.header, slot)
+        status = _finish(window, flat, reduction, words, window.header_offset(slot) // 8,
+                         kind.header, slot)
         if status and int(words[choice_at]) // 16 != sequence:
             status = K.OUT_OF_STEP
     if status == K.DISAGREE:
@@ -196,6 +205,37 @@ def _exchange(window, buf, flat, reduction, operation, timeout, *, proposal=0):
         raise RuntimeError(f"shared window out of step: rank 0's choice is for call "
                            f"{int(words[choice_at]) // 16}, this rank is at call {sequence}")
     return int(words[choice_at]) % 16
+
+
+class SmallCall:
+    """One kind of small all-reduce on one window, prepared: ``allreduce``'s lean path.
+
+    Made after a first :func:`run_small` of ``buf``'s kind (operation,
+    count, dtype, op) on ``window``.  :meth:`run` makes the call with no
+    checks of ``buf`` and through the kernel's compiled entry point (no
+    Numba dispatch), so its caller must have checked that ``buf`` is a
+    writeable, aligned, C-contiguous one-dimensional ``numpy.ndarray`` of
+    that dtype (not float16) and count, and that ``window`` is not freed.
+    The agreement check is the kind's header, in the kernel's exchange, as
+    in :func:`run_small`.
+    """
+
+    __slots__ = ("window", "kind", "reduction", "operation", "kernel")
+
+    def __init__(self, window, buf, reduction, operation):
+        self.window, self.reduction, self.operation = window, reduction, operation
+        self.kind = window.headers[(operation, buf.size, buf.dtype.num, reduction.name)]
+        self.kernel = K.compiled(K.exchange, buf, self.kind.typed, window.words,
+                                 self.kind.plan, window.sequence)
+
+    def run(self, buf):
+        """All-reduce ``buf`` in place (see the class's conditions); return it."""
+        window, kind = self.window, self.kind
+        sequence = window.sequence = window.sequence + 1
+        status = self.kernel(buf, kind.typed, window.words, kind.plan, sequence)
+        if status != K.DONE:
+            _conclude(window, buf, self.reduction, kind, sequence, status, self.operation, None)
+        return buf
 
 
 def _finish(window, flat, reduction, words, header_at, header, slot):

@@ -9,6 +9,7 @@ well under a minute.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ import pytest
 from launch import ROOT, run_mpi
 
 from benchmarks import collectives as bench
+from benchmarks import malloc_trace
 from benchmarks._harness import iterations, parse_size, parse_sizes
 
 TINY = ["-i", "2", "-x", "1"]
@@ -243,3 +245,26 @@ def test_tuner_benchmark_sets_auto_against_each_candidate(tmp_path):
     assert rows[0][-3:] == ["best", "auto/best", "auto/mpi"] and len(rows) == 2, rows
     assert rows[1][0] == "1048576" and rows[1][1] == "4" and float(rows[1][-2]) > 0
     assert out.read_text().count("\n") == 3
+
+
+def test_malloc_trace_counts_large_maps_after_the_mark():
+    lines = ["mmap(NULL, 33558528, PROT_READ|PROT_WRITE, MAP_PRIVATE, -1, 0) = 0x7f0",
+             f'write(1, "{malloc_trace.MARK}\\n", 20) = 20',
+             "mmap(NULL, 33558528, PROT_READ|PROT_WRITE, MAP_PRIVATE, -1, 0) = 0x7f0",
+             "munmap(0x7f6705fff000, 33558528)        = 0",
+             "munmap(0x7f48d81be000, 16384)           = 0",
+             "mmap(0x7f00, 33558528, PROT_READ, MAP_FIXED, 3, 0) = 0x7f00"]
+    # Before the mark, smaller than the message and fixed-address maps do not count.
+    assert malloc_trace.count_maps(lines, 32 << 20) == 2
+    assert malloc_trace.count_maps(lines, 64 << 20) == 0
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_malloc_trace_runs_both_settings(tmp_path):
+    out = tmp_path / "maps.md"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.malloc_trace", "-m", "1M",
+                             "-c", "3", "--markdown", str(out)], cwd=ROOT, timeout=120,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = out.read_text().splitlines()[-1].split("|")
+    assert row[1].strip() == "1M" and all(float(cell) >= 0 for cell in row[2:4]), row

@@ -8,12 +8,16 @@ times ``sum_i |x_i|``.  So any order of summation lies within
 ``prod_i |x_i|``.  Integers, min and max are exact.
 """
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import rank_data
 from mpi4py import MPI
 
 import collectives as C
+
+allreduce_module = importlib.import_module("collectives.allreduce")
 
 DTYPES = ("float16", "float32", "float64", "int32", "int64")
 OPS = ("sum", "prod", "min", "max", "avg")
@@ -136,3 +140,38 @@ def test_choose_algorithm_is_documented_by_size():
             assert C.choose_algorithm(nbytes, size, nodes=nodes) in C.ALGORITHMS
     assert C.choose_algorithm(8, 4, nodes=2) == "rd"
     assert C.choose_algorithm(64 << 20, 4, nodes=2) == "hierarchical"
+
+
+def test_lean_path_only_for_prepared_small_plain_calls(world):
+    # allreduce's lean path runs a kind's prepared small call (SmallCall):
+    # prepared only by the small mode, for plain 1-D aligned buffers, and
+    # again on a new window once the old one is freed; every other buffer
+    # takes the general path.  All give MPI's result, on every rank.
+    if world.Get_size() == 1:
+        pytest.skip("one rank returns before any state is kept")
+    comm = world.Dup()  # its own state and window, which the big call grows
+    small, big, key = 7, (1 << 20) // 4 + 3, ("sum", 7, np.dtype(np.float32))
+    unaligned = np.zeros(4 * small + 1, np.uint8)[1:].view(np.float32)
+    cases = [np.empty(small, np.float32), np.empty((small, 1), np.float32), unaligned,
+             np.empty(small, np.float16)]
+
+    def check(buf):
+        buf[...] = rank_data(comm, buf.size, np.float32).reshape(buf.shape)
+        exact, bound = np.empty(buf.shape), np.empty(buf.shape)
+        comm.Allreduce(buf.astype(np.float64), exact)
+        comm.Allreduce(np.abs(buf.astype(np.float64)), bound)
+        assert C.allreduce(buf, comm) is buf
+        eps = np.finfo(buf.dtype).eps
+        assert (np.abs(buf - exact) <= comm.Get_size() * eps * bound).all()
+
+    for _ in range(2):  # the second time through, the prepared call runs
+        for buf in cases:
+            check(buf)
+        state = comm.Get_attr(allreduce_module._STATE_KEY)
+        assert list(state.small_calls) == [key]
+    prepared = state.small_calls[key]
+    check(np.empty(big, np.float32))  # the tuner's shm candidates grow the window
+    assert prepared.window.freed and list(state.small_calls) == [key]
+    check(cases[0])
+    assert state.small_calls[key].window is state.window and not state.window.freed
+    comm.Free()
