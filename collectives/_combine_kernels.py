@@ -37,6 +37,10 @@ SUM, PROD, MIN, MAX, SUM_DIV = range(5)
 CODES = {"sum": (SUM, SUM), "prod": (PROD, PROD), "min": (MIN, MIN),
          "max": (MAX, MAX), "avg": (SUM, SUM_DIV)}
 
+#: sched_yield(2), resolved by name when a kernel that calls it compiles
+#: (so that kernel can be cached; POSIX, as are the shared windows).
+_sched_yield = nb.types.ExternalFunction("sched_yield", nb.int32())
+
 _TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
 _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 _I64 = nb.int64[::1]
@@ -90,8 +94,8 @@ def _exchange_args(v):
 
 #: Fields of :func:`exchange`'s plan, then the header: data_at, header_at,
 #: choice_at (each for slots 0 and 1), stride, nrows, row, code, last,
-#: word_stride, polls, header_words.
-PLAN_FIELDS = 14
+#: word_stride, polls, yield_from, header_words.
+PLAN_FIELDS = 15
 #: Results of :func:`exchange`.
 NOT_YET, DISAGREE, DONE, OUT_OF_STEP = -1, 0, 1, 2
 
@@ -385,14 +389,17 @@ def exchange(out, win, words, plan, sequence):
     Stage ``out`` and the header in my row's slot ``sequence & 1``; row 0
     also stamps ``sequence`` in the CHOICE word of that parity; then
     publish ``sequence`` in my ARRIVE word (word 0 of my row) and poll
-    every row's for up to ``polls`` rounds.  Returns NOT_YET if some row
+    every row's for up to ``polls`` rounds, yielding the core after each
+    from round ``yield_from`` on (ranks that outnumber the cores: the
+    rank awaited may need it).  Returns NOT_YET if some row
     has not arrived (the caller waits and calls :func:`finish`), else
     :func:`finish`'s DONE or DISAGREE, or OUT_OF_STEP if row 0's stamp is
     for another call.
     """
     slot = sequence & 1
     data_at, header_at, choice_at = plan[slot], plan[2 + slot], plan[4 + slot]
-    stride, nrows, row, code, last, word_stride, polls, header_words = plan[6:PLAN_FIELDS]
+    stride, nrows, row, code, last, word_stride, polls, yield_from, header_words = \
+        plan[6:PLAN_FIELDS]
     at = row * stride + data_at
     for i in range(out.size):
         win[at + i] = out[i]
@@ -401,7 +408,7 @@ def exchange(out, win, words, plan, sequence):
     if row == 0:
         words[choice_at] = sequence * 16
     store_release(words, row * word_stride, sequence)  # after the writes above
-    for _ in range(polls):
+    for i in range(polls):
         if all_at_least(words, 0, word_stride, nrows, sequence):
             if words[choice_at] // 16 != sequence:
                 return OUT_OF_STEP
@@ -409,4 +416,6 @@ def exchange(out, win, words, plan, sequence):
                       header_at, word_stride, header_words):
                 return DONE
             return DISAGREE
+        if i >= yield_from:
+            _sched_yield()
     return NOT_YET

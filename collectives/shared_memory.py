@@ -257,7 +257,7 @@ def _plan(window, flat, reduction, header):
     fields = [window.small_offset(0) // item, window.small_offset(1) // item,
               window.header_offset(0) // 8, window.header_offset(1) // 8,
               CHOICE_AT, CHOICE_AT + 1, stride // item, window.size, window.rank,
-              code, last, stride // 8, window.fast_polls, header.size]
+              code, last, stride // 8, window.fast_polls, window.fast_yield_from, header.size]
     return np.array(fields + list(header), dtype=np.int64), window.typed(flat.dtype)
 
 
