@@ -103,6 +103,12 @@ for c in reduce bcast; do
         | tee "$OUT/$c-4.txt" || failed+=("$c-4")
 done
 
+if command -v strace >/dev/null; then  # MPI's per-call maps under both settings: a count
+    log "malloc trace"
+    timeout "$LIMIT" "$PY" -m benchmarks.malloc_trace -m 1M:64M \
+        --markdown "$OUT/malloc-trace.md" | tee "$OUT/malloc-trace.txt" || failed+=("malloc-trace")
+fi
+
 plots=(); tuned=()
 for n in $RANKS; do
     plots+=("$OUT/allreduce-$n-default.json"); tuned+=("$OUT/allreduce-$n-tuned.json")
