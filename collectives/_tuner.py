@@ -23,7 +23,9 @@ a switch runs on a cold cache, and so does the best's first call back;
 "auto" took 1.15-1.25x the time of its best candidate.  Retrying one in
 every 32 calls, in turn, cost 6-10% at 1-4 MiB.)  When the best slows
 down, the costs shrink against its time and the others are retried
-sooner.  A call that follows a call of another candidate
+sooner.  A best that loses its place is tried again ``RECHECK_AFTER``
+calls later whatever its retries cost: a slow spell of the machine may
+have made it lose.  A call that follows a call of another candidate
 is not timed, and the candidate runs once more: it pays the switch (one-off
 costs such as growing the shared window, and a cold cache: at 2 MiB, 2
 ranks, "shm" took 240-380 us right after other candidates and 174 us
@@ -37,7 +39,7 @@ exchange that starts the call, so every rank runs the same algorithm.
 from collections import deque
 
 __all__ = ["Tuner", "trial_calls", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN",
-           "EXPLORE_EVERY", "EXPLORE_MAX", "EXPLORE_SHARE"]
+           "EXPLORE_EVERY", "EXPLORE_MAX", "RECHECK_AFTER", "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
@@ -69,6 +71,11 @@ SWITCH_MARGIN = 0.03
 EXPLORE_EVERY = 16
 #: Most calls between two retries of a candidate.
 EXPLORE_MAX = 1024
+#: Calls after a best lost its place until it is tried again, whatever its
+#: retries cost: the times that made it lose may come from a passing slow
+#: spell of the machine (at 2 MiB, 2 ranks, a spell of 2-6 ms calls where
+#: "cma" took 490 us made "ring", at 620 us, the best for 285 calls).
+RECHECK_AFTER = 64
 #: Share of the time that retries of the candidates other than the best may
 #: cost.  At 4% they took 3-4.7% of 600-call traces at 1 MiB, 2 ranks, where
 #: "auto" has little room (the best, "shm", took 0.7x MPI's time); the best
@@ -151,6 +158,10 @@ class Tuner:
             return min(bucket.live, key=bucket.timed.__getitem__)  # the next to try
         if bucket.calls < bucket.next_check:
             return best  # nothing due yet (this runs on every call: keep it short)
+        if bucket.recheck is not None and bucket.calls >= bucket.recheck_at:
+            recheck, bucket.recheck = bucket.recheck, None
+            if recheck in bucket.live and recheck != best:
+                return recheck  # the best before this one, tried again (RECHECK_AFTER)
         due, since, wait = best, -1, EXPLORE_MAX
         for i in bucket.live:
             if i != best:
@@ -160,6 +171,8 @@ class Tuner:
                     due, since = i, idle  # the longest untried of those due
                 wait = min(wait, max(left, 1))
         bucket.next_check = bucket.calls + (0 if due != best else wait)
+        if bucket.recheck is not None:
+            bucket.next_check = min(bucket.next_check, bucket.recheck_at)
         bucket.checked_at = bucket.typical[best]
         return due
 
@@ -218,6 +231,8 @@ class Tuner:
                 bucket.typical[best] > (1 - SWITCH_MARGIN) * bucket.typical[held]):
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
+            if held in bucket.live:
+                bucket.recheck, bucket.recheck_at = held, bucket.calls + RECHECK_AFTER
             bucket.best, bucket.next_check = best, 0
             bucket.excursion.clear()  # a retry that found a new best is no cost
 
@@ -245,6 +260,8 @@ class _Bucket:
         self.tried = False  # whether every candidate has had its trials
         self.next_check = 0  # no retry is due before this call
         self.checked_at = float("inf")  # the best's typical time then
+        self.recheck = None  # the best before the current one, to try again at
+        self.recheck_at = 0  # this call (see RECHECK_AFTER)
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
         self.streak = 0  # timed calls of that candidate since the switch
