@@ -93,7 +93,12 @@ _SLOWED = 1.25
 #: call made a retry cost 50 of the best's calls and held the candidate
 #: back for EXPLORE_MAX calls, while it was the fastest.
 _OUTLIER = 4.0
-_NEVER = float("inf")
+#: A retry whose first timed call comes within this factor of the best's
+#: typical time starts its kept times afresh, and so runs on to ``TRIALS``
+#: of them: the machine drifts (at 2 MiB, 2 ranks, "cma" took 730, then
+#: 530, then 380 us a call within one run), and with old times in its
+#: median a retry that beat the best by 20% still lost to it.
+_CONTENDER = 1.5
 
 
 def trial_calls(candidates):
@@ -193,6 +198,10 @@ class Tuner:
         bucket.warming = bucket.last != index  # a switch: not timed
         bucket.streak = 0 if bucket.warming else bucket.streak + 1
         if not bucket.warming:
+            best = bucket.best
+            if (bucket.streak == 1 and best is not None and index != best
+                    and seconds < _CONTENDER * bucket.typical[best]):
+                bucket.restart(index)  # a close retry decides on fresh times
             bucket.add(index, seconds)
             self._settle(bucket)
             best = bucket.best
@@ -242,18 +251,19 @@ class Tuner:
         if bucket is None:
             low = 1 << max(key - 1, 0)  # the bucket's smallest size
             live = [i for i in self._live if self.smallest[i] <= low] or list(self._live)
-            bucket = self._sizes[key] = _Bucket(len(self.candidates), self.keep, live)
+            bucket = self._sizes[key] = _Bucket(len(self.candidates), self.keep, self.trials, live)
         return bucket
 
 
 class _Bucket:
     """One message size's times, retry costs, call count and last choice."""
 
-    def __init__(self, n, keep, live):
-        self.live = live  # the candidates tried at this size
+    def __init__(self, n, keep, trials, live):
+        self.live, self.trials = live, trials  # the candidates tried at this size
         self.times = [deque(maxlen=keep) for _ in range(n)]
         self.timed = [0] * n  # timed calls so far
         self.typical = [float("inf")] * n  # median kept time (the upper one of two)
+        self.restarted = [False] * n  # kept times dropped, typical not yet renewed
         self.retry = [None] * n  # the last retry's (seconds, calls)
         self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
         self.best = None  # index, once every candidate has had its trials
@@ -270,13 +280,20 @@ class _Bucket:
         self.calls = 0
         self.chosen = None
 
+    def restart(self, index):
+        # Drop the kept times; the typical time stays until TRIALS new ones.
+        self.times[index].clear()
+        self.restarted[index] = True
+
     def add(self, index, seconds):
         times = self.times[index]
-        if seconds < IMPROVING * min(times, default=_NEVER):
+        if times and seconds < IMPROVING * min(times):
             times.clear()  # warming up, or the machine changed: see IMPROVING
         times.append(seconds)
         self.timed[index] += 1
-        self.typical[index] = sorted(times)[len(times) // 2]
+        if not self.restarted[index] or len(times) >= self.trials:
+            self.typical[index] = sorted(times)[len(times) // 2]
+            self.restarted[index] = False
 
     def account(self, index, seconds):
         # A retry's calls, from leaving the best to its first call back (a

@@ -225,6 +225,26 @@ def test_a_best_that_lost_in_a_slow_spell_is_tried_again_soon():
     assert tuner.best(MIB) == "shm" and picks[-1] == "shm"
 
 
+def test_a_close_retry_decides_on_fresh_times():
+    # cma had a slow spell (1.6) and ring (1.2) took over; cma is fast
+    # again, but the third timed call of a retry is slow (1.25).  With its
+    # old times in its median the retry, stopped at that call, keeps a
+    # median of 1.25 and loses; starting afresh, its median is 1.0 and it
+    # takes over at once.
+    tuner = Tuner(("cma", "ring"), trials=3, keep=5, explore_every=4, explore_share=0.05)
+    _run(tuner, MIB, {"cma": 1.0, "ring": 1.2}, 12)
+    _run(tuner, MIB, {"cma": 1.6, "ring": 1.2}, 12)
+    assert tuner.best(MIB) == "ring"
+    picks, streak = [], 0
+    while len(picks) < 40:
+        i = tuner.propose(MIB)
+        streak = streak + 1 if picks and picks[-1] == tuner.candidates[i] else 0
+        picks.append(tuner.candidates[i])
+        tuner.record(MIB, i, (1.25 if streak == 3 else 1.0) if i == 0 else 1.2)
+    first = picks.index("cma")  # its first retry takes over (before: its second)
+    assert picks[first:first + 20] == ["cma"] * 20, "".join(p[0] for p in picks)
+
+
 @pytest.mark.parametrize("ring, best", [(0.99, "shm"), (0.95, "ring")])
 def test_a_near_tie_does_not_take_over(ring, best):
     # Within SWITCH_MARGIN (3%) of the best, a candidate is noise, and a
