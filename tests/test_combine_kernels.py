@@ -103,7 +103,7 @@ def test_headers_merge_and_compare():
     assert not K.all_at_least(words, 0, 8, 3, 8)
 
 
-def _two_rows(header, peer_header, *, peer_arrived=True, sequence=1):
+def _two_rows(header, peer_header, *, peer_arrived=True, sequence=1, yield_from=5):
     # A window of two 64-word rows as the small path lays it out (counter at
     # word 0, choice words 8-9, headers at 16/24, float64 data at 32/48);
     # row 1 is a peer that staged [10, 20, 30] and (maybe) arrived.
@@ -113,8 +113,8 @@ def _two_rows(header, peer_header, *, peer_arrived=True, sequence=1):
     typed[64 + 32 + 16 * slot:][:3] = [10.0, 20.0, 30.0]
     words[64 + 16 + 8 * slot:][:peer_header.size] = peer_header
     words[64] = sequence if peer_arrived else sequence - 1
-    plan = np.array([32, 48, 16, 24, 8, 9, 64, 2, 0, K.SUM, K.SUM, 64, 5, header.size,
-                     *header], dtype=np.int64)
+    plan = np.array([32, 48, 16, 24, 8, 9, 64, 2, 0, K.SUM, K.SUM, 64, 5, yield_from,
+                     header.size, *header], dtype=np.int64)
     return words, typed, plan
 
 
@@ -126,6 +126,17 @@ def test_exchange_folds_once_every_row_arrived(sequence):
     assert K.exchange(out, typed, words, plan, sequence) == K.DONE
     assert out.tolist() == [11.0, 22.0, 33.0]
     assert words[0] == sequence and words[8 + (sequence & 1)] == sequence * 16
+
+
+@pytest.mark.parametrize("yield_from", [0, 2, 5])
+def test_exchange_polls_yielding_then_leaves_a_late_peer_to_the_caller(yield_from):
+    # Oversubscribed, each poll from yield_from on yields the core; the
+    # kernel still returns after its polls, with nothing folded yet.
+    header = np.array([3, 7, -3, -7], dtype=np.int64)
+    words, typed, plan = _two_rows(header, header, peer_arrived=False, yield_from=yield_from)
+    out = np.array([1.0, 2.0, 3.0])
+    assert K.exchange(out, typed, words, plan, 1) == K.NOT_YET
+    assert out.tolist() == [1.0, 2.0, 3.0] and words[0] == 1
 
 
 def test_exchange_reports_disagreement_late_peer_and_stale_stamp():
