@@ -259,7 +259,8 @@ class _Bucket:
     """One message size's times, retry costs, call count and last choice."""
 
     def __init__(self, n, keep, trials, live):
-        self.live, self.trials = live, trials  # the candidates tried at this size
+        self.live = live  # the candidates tried at this size
+        self.trials = trials  # timed calls that renew a restarted typical time
         self.times = [deque(maxlen=keep) for _ in range(n)]
         self.timed = [0] * n  # timed calls so far
         self.typical = [float("inf")] * n  # median kept time (the upper one of two)
