@@ -50,13 +50,19 @@ from collectives._window import BASE_AT, BUFFER_AT, OUT, PID_AT, shared_window
 from collectives.shared_memory import window_agreement
 from collectives.timeline import phase
 
-__all__ = ["cma_allreduce", "checked_run", "run", "announce", "usable", "PIECE_BYTES"]
+__all__ = ["cma_allreduce", "checked_run", "run", "announce", "usable", "PIECE_BYTES",
+           "ROWS_BYTES"]
 
 #: Bytes of each peer's chunk read per step of the reduction: the pieces of
 #: all peers together stay in the L2 while they are folded.  2 ranks,
 #: time / MPI's at 1-64 MiB: 128 KiB 0.31-1.36, 256 KiB 0.31-0.86,
 #: 1 MiB 0.28-0.79; 4 ranks: 256 KiB 0.31-0.80, 1 MiB 0.34-1.14.
 PIECE_BYTES = 256 << 10
+#: All ranks' pieces together, from 3 ranks on: each rank's piece is this
+#: over the ranks (at most ``PIECE_BYTES``, at least 64 KiB).  Intel VM,
+#: 1-4 MiB, two interleaved runs: 3-4 ranks took 0.92-1.0x the time with
+#: 128 KiB pieces as with 256 KiB; 2 ranks 1.1-1.25x with 128 KiB.
+ROWS_BYTES = 512 << 10
 _PR_SET_PTRACER, _PR_SET_PTRACER_ANY = 0x59616D61, ctypes.c_ulong(-1)
 
 
@@ -159,7 +165,7 @@ def _reduce_args(window, flat, reduction, pids, addresses):
     rank, size, item = window.rank, window.size, flat.itemsize
     starts, sizes = chunk_bounds(flat.size, size)
     lo, n = starts[rank], sizes[rank]
-    piece = max(1, PIECE_BYTES // item)
+    piece = max(1, min(PIECE_BYTES, max(64 << 10, ROWS_BYTES // size)) // item)
     rows = scratch(window.comm, "single-copy", size * piece, flat.dtype)
     code, last = K.CODES[reduction.name]
     return (flat[lo:lo + n], pids, addresses + lo * item, rank, rows,
