@@ -12,9 +12,9 @@ mapping, one ``mmap`` and one ``munmap`` per call, from 32 MiB on.
 BENCHMARKS.md) keeps it on the heap at every size.  This counts, with
 ``strace``, the ``mmap``/``munmap`` calls of at least the message size
 that every rank makes during ``-c`` steady calls (after ten warm-up
-calls, and before finalize), per setting: a count, not a time, so it does not depend on the
-state of the machine, and it says at which sizes the two baselines can
-differ at all.  Needs ``strace`` (Debian: ``apt-get install strace``).
+calls, and before finalize), per setting: a count, not a time, so it
+does not depend on the state of the machine, and it says at which sizes
+the two baselines can differ at all.  Needs ``strace`` (Debian: ``apt-get install strace``).
 
 Run plainly (not under ``mpiexec``): it starts ``mpiexec -n N`` itself.
 """
@@ -71,9 +71,8 @@ def trace(nbytes, *, ranks, calls, tuned, mpiexec, python, timeout=300):
                    "benchmarks.malloc_trace", "--worker", str(nbytes), str(calls)]
         subprocess.run(command, env=env, check=True, timeout=timeout,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        counts = [count_maps(path.read_text().splitlines(), nbytes)
-                  for path in Path(folder).glob("trace.*")
-                  if MARK in path.read_text()]
+        texts = [path.read_text() for path in Path(folder).glob("trace.*")]
+        counts = [count_maps(text.splitlines(), nbytes) for text in texts if MARK in text]
     if len(counts) != ranks:
         raise RuntimeError(f"found the steady-state mark in {len(counts)} traces, "
                            f"expected one per rank ({ranks})")
