@@ -23,8 +23,9 @@ a switch runs on a cold cache, and so does the best's first call back;
 "auto" took 1.15-1.25x the time of its best candidate.  Retrying one in
 every 32 calls, in turn, cost 6-10% at 1-4 MiB.)  When the best slows
 down, the costs shrink against its time and the others are retried
-sooner.  A best that loses its place is tried again ``RECHECK_AFTER``
-calls later whatever its retries cost: a slow spell of the machine may
+sooner.  A best that loses its place is tried again ``RECHECK_FIRST``
+calls later whatever its retries cost, then after twice and four times
+as many calls, up to ``RECHECK_AFTER``: a slow spell of the machine may
 have made it lose.  A call that follows a call of another candidate
 is not timed, and the candidate runs once more: it pays the switch (one-off
 costs such as growing the shared window, and a cold cache: at 2 MiB, 2
@@ -39,7 +40,8 @@ exchange that starts the call, so every rank runs the same algorithm.
 from collections import deque
 
 __all__ = ["Tuner", "trial_calls", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN",
-           "EXPLORE_EVERY", "EXPLORE_MAX", "RECHECK_AFTER", "EXPLORE_SHARE"]
+           "EXPLORE_EVERY", "EXPLORE_MAX", "RECHECK_FIRST", "RECHECK_AFTER",
+           "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
@@ -74,7 +76,12 @@ EXPLORE_MAX = 1024
 #: Calls after a best lost its place until it is tried again, whatever its
 #: retries cost: the times that made it lose may come from a passing slow
 #: spell of the machine (at 2 MiB, 2 ranks, a spell of 2-6 ms calls where
-#: "cma" took 490 us made "ring", at 620 us, the best for 285 calls).
+#: "cma" took 490 us made "ring", at 620 us, the best for 285 calls).  If
+#: it loses again, the wait doubles, up to ``RECHECK_AFTER`` calls, the
+#: last of these rechecks.  A benchmark gives a size 40-60 calls: on the
+#: AMD VM at 4 MiB, 2 ranks, a spell of 660-990 us calls of "shm" (350 us
+#: before it) made "ring", at 555, the best at call 40, for good.
+RECHECK_FIRST = 16
 RECHECK_AFTER = 64
 #: Share of the time that retries of the candidates other than the best may
 #: cost.  At 4% they took 3-4.7% of 600-call traces at 1 MiB, 2 ranks, where
@@ -164,9 +171,13 @@ class Tuner:
         if bucket.calls < bucket.next_check:
             return best  # nothing due yet (this runs on every call: keep it short)
         if bucket.recheck is not None and bucket.calls >= bucket.recheck_at:
-            recheck, bucket.recheck = bucket.recheck, None
+            recheck = bucket.recheck
+            bucket.recheck_wait *= 2
+            if bucket.recheck_wait > RECHECK_AFTER:
+                bucket.recheck = None  # that was the last recheck
+            bucket.recheck_at = bucket.calls + bucket.recheck_wait
             if recheck in bucket.live and recheck != best:
-                return recheck  # the best before this one, tried again (RECHECK_AFTER)
+                return recheck  # the best before this one, tried again (RECHECK_FIRST)
         due, since, wait = best, -1, EXPLORE_MAX
         for i in bucket.live:
             if i != best:
@@ -241,7 +252,8 @@ class Tuner:
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
             if held in bucket.live:
-                bucket.recheck, bucket.recheck_at = held, bucket.calls + RECHECK_AFTER
+                bucket.recheck, bucket.recheck_wait = held, RECHECK_FIRST
+                bucket.recheck_at = bucket.calls + RECHECK_FIRST
             bucket.best, bucket.next_check = best, 0
             bucket.excursion.clear()  # a retry that found a new best is no cost
 
@@ -264,7 +276,7 @@ class _Bucket:
         self.times = [deque(maxlen=keep) for _ in range(n)]
         self.timed = [0] * n  # timed calls so far
         self.typical = [float("inf")] * n  # median kept time (the upper one of two)
-        self.restarted = [False] * n  # kept times dropped, typical not yet renewed
+        self.fresh = [0] * n  # timed calls due since a restart before typical renews
         self.retry = [None] * n  # the last retry's (seconds, calls)
         self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
         self.best = None  # index, once every candidate has had its trials
@@ -272,7 +284,8 @@ class _Bucket:
         self.next_check = 0  # no retry is due before this call
         self.checked_at = float("inf")  # the best's typical time then
         self.recheck = None  # the best before the current one, to try again at
-        self.recheck_at = 0  # this call (see RECHECK_AFTER)
+        self.recheck_at = 0  # this call (see RECHECK_FIRST),
+        self.recheck_wait = 0  # this many calls after the last recheck
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
         self.streak = 0  # timed calls of that candidate since the switch
@@ -282,9 +295,14 @@ class _Bucket:
         self.chosen = None
 
     def restart(self, index):
-        # Drop the kept times; the typical time stays until TRIALS new ones.
+        # Drop the kept times; the typical time stays for TRIALS timed calls.
+        # Calls, not kept times: while a restarted candidate improves, each
+        # call drops the ones before (IMPROVING), and counting kept times
+        # left its stale typical in place (AMD VM, 1 MiB, 2 ranks: "shm"
+        # retried at 179, 173, 123, 116, 122 us kept a typical of 199 and
+        # lost to "cma" at 160).
         self.times[index].clear()
-        self.restarted[index] = True
+        self.fresh[index] = self.trials
 
     def add(self, index, seconds):
         times = self.times[index]
@@ -292,9 +310,9 @@ class _Bucket:
             times.clear()  # warming up, or the machine changed: see IMPROVING
         times.append(seconds)
         self.timed[index] += 1
-        if not self.restarted[index] or len(times) >= self.trials:
+        self.fresh[index] = max(self.fresh[index] - 1, 0)
+        if not self.fresh[index]:
             self.typical[index] = sorted(times)[len(times) // 2]
-            self.restarted[index] = False
 
     def account(self, index, seconds):
         # A retry's calls, from leaving the best to its first call back (a

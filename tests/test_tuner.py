@@ -2,7 +2,7 @@
 
 import pytest
 
-from collectives._tuner import RECHECK_AFTER, Tuner
+from collectives._tuner import RECHECK_AFTER, RECHECK_FIRST, Tuner
 
 MIB = 1 << 20
 
@@ -214,15 +214,51 @@ def test_a_best_that_lost_in_a_slow_spell_is_tried_again_soon():
     # A slow spell of the machine hits shm's calls: ring takes over.  By
     # its cost shm's next retry would be about 570 calls away (1% of the
     # time for retries); as the best that lost its place it is tried again
-    # RECHECK_AFTER calls later, and takes over again.
+    # RECHECK_FIRST calls later, and takes over again.
     tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4, explore_share=0.01)
     _run(tuner, MIB, {"shm": 1.0, "ring": 1.3}, 12)
     assert tuner.best(MIB) == "shm"
     _run(tuner, MIB, {"shm": 5.0, "ring": 1.3}, 3)  # the spell
     assert tuner.best(MIB) == "ring"
     picks = _run(tuner, MIB, {"shm": 1.0, "ring": 1.3}, 100)
-    assert RECHECK_AFTER - 4 <= picks.index("shm") <= RECHECK_AFTER, picks
+    assert RECHECK_FIRST - 4 <= picks.index("shm") <= RECHECK_FIRST, picks
     assert tuner.best(MIB) == "shm" and picks[-1] == "shm"
+
+
+def test_a_best_that_lost_for_good_is_rechecked_ever_less_often():
+    # shm really got slower (ring takes over for good): it is rechecked
+    # RECHECK_FIRST calls later, then after twice and four times that
+    # (RECHECK_AFTER), then only when its retry cost allows (about 570
+    # calls at 1% of the time for retries).
+    tuner = Tuner(("shm", "ring"), trials=2, keep=3, explore_every=4, explore_share=0.01)
+    _run(tuner, MIB, {"shm": 1.0, "ring": 1.3}, 12)
+    _run(tuner, MIB, {"shm": 5.0, "ring": 1.3}, 3)
+    assert tuner.best(MIB) == "ring"
+    picks = _run(tuner, MIB, {"shm": 5.0, "ring": 1.3}, 800)
+    tried = [i for i, name in enumerate(picks) if name == "shm" and picks[i - 1] != "shm"]
+    gaps = [b - a for a, b in zip(tried, tried[1:])]
+    assert tried[0] <= RECHECK_FIRST and gaps[:2] == [2 * RECHECK_FIRST, RECHECK_AFTER], tried
+    assert len(tried) == 4 and gaps[2] > 500, tried
+
+
+def test_a_restarted_candidate_still_improving_renews_its_typical_time():
+    # ring took over from cma in a spell of cma's; cma, retried, comes
+    # back close (1.3, restarting its times) and improves on every call
+    # (1.2, 1.1, 1.0, 0.95: each drops the times before it).  Its typical
+    # time renews after TRIALS timed calls, as if none had been dropped, and
+    # it takes over; counting kept times, its stale 2.0 had stayed.
+    tuner = Tuner(("cma", "ring"), trials=3, keep=5, explore_every=4, explore_share=0.05)
+    _run(tuner, MIB, {"cma": 1.0, "ring": 1.2}, 12)
+    _run(tuner, MIB, {"cma": 2.0, "ring": 1.2}, 12)
+    assert tuner.best(MIB) == "ring"
+    steps = iter([1.3, 1.2, 1.1, 1.0, 0.95])
+    picks = []
+    while len(picks) < 40:
+        i = tuner.propose(MIB)
+        picks.append(tuner.candidates[i])
+        warming = len(picks) > 1 and picks[-2] != picks[-1]
+        tuner.record(MIB, i, 1.2 if i else (2.0 if warming else next(steps, 0.95)))
+    assert tuner.best(MIB) == "cma" and picks[-5:] == ["cma"] * 5, picks
 
 
 def test_a_close_retry_decides_on_fresh_times():
@@ -242,7 +278,9 @@ def test_a_close_retry_decides_on_fresh_times():
         picks.append(tuner.candidates[i])
         tuner.record(MIB, i, (1.25 if streak == 3 else 1.0) if i == 0 else 1.2)
     first = picks.index("cma")  # its first retry takes over (before: its second)
-    assert picks[first:first + 20] == ["cma"] * 20, "".join(p[0] for p in picks)
+    assert picks[first:first + RECHECK_FIRST] == ["cma"] * RECHECK_FIRST, "".join(
+        p[0] for p in picks)
+    assert tuner.best(MIB) == "cma" and picks[-1] == "cma"
 
 
 @pytest.mark.parametrize("ring, best", [(0.99, "shm"), (0.95, "ring")])
