@@ -18,7 +18,7 @@ import sys
 import numba as nb
 import numpy as np
 
-from collectives._combine_kernels import fold_ring
+from collectives._combine_kernels import fold_ring_in_place
 
 __all__ = ["SUPPORTED", "pull", "push", "reduce_chunk"]
 
@@ -68,8 +68,8 @@ def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, diviso
     Rank ``q``'s copy starts at ``addresses[q]`` in process ``pids[q]``.
     Piece by piece (``piece`` elements), the other ranks' parts are read
     into rows of ``scratch`` (row ``q`` at ``q * piece``), where they stay
-    in cache for ``fold_ring``, which folds from row ``rank`` (the ring's
-    chunk ``rank`` starts there) with ``mine`` as that row, in place; then
+    in cache for ``fold_ring_in_place``, which folds them into ``mine`` (row
+    ``rank``: the ring's chunk ``rank`` starts there) in the ring's order; then
     the finished piece, still in cache, is written over every other rank's
     copy (which only this rank reads, and has just read).
     """
@@ -82,8 +82,7 @@ def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, diviso
             if q != rank and not _move(pids[q], row, addresses[q] + at * item, iov, False):
                 return q
         part = mine[at:at + m]
-        fold_ring(part, scratch, 0, piece, size, rank, rank, part, code, last, divisor,
-                  part[:0], False)
+        fold_ring_in_place(part, scratch, 0, piece, size, rank, code, last, divisor)
         for q in range(size):
             if q != rank and not _move(pids[q], part, addresses[q] + at * item, iov, True):
                 return q

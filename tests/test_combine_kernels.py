@@ -67,6 +67,24 @@ def test_fold_ring_in_ring_order_to_both_outputs(rows, first, mine_row, streamin
     assert out.tobytes() == want.tobytes() and also.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int64"])
+@pytest.mark.parametrize("code,last", [(K.SUM, K.SUM), (K.MIN, K.MIN), (K.SUM, K.SUM_DIV)])
+@pytest.mark.parametrize("rows,first", [(1, 0), (2, 0), (2, 1), (3, 2), (5, 1)])
+def test_fold_ring_in_place_equals_fold_ring(dtype, code, last, rows, first):
+    # mine is row first and takes the result: the bits of fold_ring's
+    # (the ring's order, the last combination with code last).
+    if last == K.SUM_DIV and dtype == "int64":
+        pytest.skip("avg is for floating dtypes")
+    n, stride = 3001, 3008
+    win, mine = _data(dtype, stride * rows, seed=9), _data(dtype, n, seed=10)
+    want = np.empty_like(mine)
+    K.fold_ring(_bits(want), _bits(win), 0, stride, rows, first, first, _bits(mine), code,
+                last, float(rows), _bits(want[:0]), False)
+    K.fold_ring_in_place(_bits(mine), _bits(win), 0, stride, rows, first, code, last,
+                         float(rows))
+    assert mine.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_sum_div(dtype):
     lo, hi = _data(dtype, seed=3), _data(dtype, seed=4)
