@@ -26,6 +26,7 @@ from collectives._kernels import f16_to_f64, f64_to_f16
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
     "copy", "copy_streaming", "combine", "fold_rows", "fold_ring", "fold_ring_in_place",
+    "fold_ring_in_l2",
     "fold_ring_to_rows", "step",
     "merge_header",
     "rows_equal", "all_at_least",
@@ -47,6 +48,7 @@ _OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
 _I64 = nb.int64[::1]
 _INLINE = dict(nogil=True, inline="always")
 _PIECE = 2048  # elements of fold_ring's L1 buffer
+_L2_PIECE = 16384  # elements of fold_ring_in_l2's pieces (64-128 KiB a row)
 
 
 def compiled(kernel, *args):
@@ -75,6 +77,10 @@ def _fold_args(v):
 
 def _ring_args(v):
     return (*_fold_args(v)[:5], nb.int64, *_fold_args(v)[5:], v, nb.boolean)
+
+
+def _in_l2_args(v):
+    return _ring_args(v)[:-1]
 
 
 def _in_place_args(v):
@@ -318,6 +324,31 @@ def fold_ring_in_place(mine, win, start, stride, nrows, first, code, last, divis
         q = (first + k) % nrows
         row = win[start + q * stride:start + q * stride + n]
         _pair(mine, row, mine, last if k == nrows - 1 else code, divisor)
+
+
+@nb.njit(_sigs(nb.void, _in_l2_args), **_OPTIONS)
+def fold_ring_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
+                    also):
+    """:func:`fold_ring` with plain stores, in passes over ``out`` (which a caller keeps in the L2).
+
+    ``out`` must not alias a row; ``also`` may be ``mine``.  Same bits as
+    :func:`fold_ring`.  Piece by piece (``_L2_PIECE`` elements),
+    ``nrows - 1`` passes fold the rows into ``out`` and one more copies it
+    to ``also``.
+    """
+    for at in range(0, out.size, _L2_PIECE):
+        m = min(_L2_PIECE, out.size - at)
+        part = out[at:at + m]
+        acc = _row(win, start, stride, first, mine_row, mine, at, m)
+        if nrows == 1:
+            _copy(part, acc)
+        for k in range(1, nrows):
+            q = (first + k) % nrows
+            _pair(part, _row(win, start, stride, q, mine_row, mine, at, m), acc,
+                  last if k == nrows - 1 else code, divisor)
+            acc = part
+        if also.size:
+            _copy(also[at:at + m], part)
 
 
 @nb.njit(_sigs(nb.void, _to_rows_args), **_OPTIONS)

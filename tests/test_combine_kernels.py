@@ -85,6 +85,24 @@ def test_fold_ring_in_place_equals_fold_ring(dtype, code, last, rows, first):
     assert mine.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int64"])
+@pytest.mark.parametrize("code,last", [(K.SUM, K.SUM), (K.MAX, K.MAX), (K.SUM, K.SUM_DIV)])
+@pytest.mark.parametrize("rows,first,mine_row", [(1, 0, 0), (2, 1, 0), (3, 2, 1), (4, 1, 1)])
+def test_fold_ring_in_l2_equals_fold_ring(dtype, code, last, rows, first, mine_row):
+    # Over more elements than two of its pieces, into out and into also
+    # (the caller's own row, which it reads too): fold_ring's bits.
+    if last == K.SUM_DIV and dtype == "int64":
+        pytest.skip("avg is for floating dtypes")
+    n, stride = 40_000, 40_008
+    win, mine = _data(dtype, stride * rows, seed=11), _data(dtype, n, seed=12)
+    want, out = np.empty_like(mine), np.empty_like(mine)
+    K.fold_ring(_bits(want), _bits(win), 0, stride, rows, first, mine_row, _bits(mine), code,
+                last, float(rows), _bits(want[:0]), False)
+    K.fold_ring_in_l2(_bits(out), _bits(win), 0, stride, rows, first, mine_row, _bits(mine),
+                      code, last, float(rows), _bits(mine))
+    assert out.tobytes() == want.tobytes() and mine.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
 def test_sum_div(dtype):
     lo, hi = _data(dtype, seed=3), _data(dtype, seed=4)
