@@ -12,6 +12,11 @@ of STREAM's "add"; the STREAM rows (copy and add, NumPy and a Numba loop)
 give the machine's memory bandwidth measured the same way, in the same run;
 "of best add" compares each kernel with the fastest of the STREAM add rows
 (usually the in-place one, which has the same access pattern as the kernels).
+"of add here" compares it with a STREAM add-into timed in the same
+interleaved repeats on the same two arrays (as 64-bit integers: no
+floating-point assists): this machine's memory rate changed by up to 20%
+between the rows of one run, for NumPy and the kernels alike, so a
+reference taken once is met or missed by the moment as much as by the kernel.
 
 The same STREAM rows run on every rank at once under ``mpiexec`` from
 ``python -m benchmarks.collectives membw``.
@@ -107,12 +112,19 @@ def kernel_rows(nbytes, dtype, repeats, *, stream_add):
     for op, ufunc in _NUMPY.items():
         kernel = _KERNELS[op]
         kernel(dst, src)  # warm (compiled already: explicit signatures)
-        numba_s, numpy_s = _median_seconds(
-            [lambda: kernel(dst, src), lambda: ufunc(dst, src, out=dst)], reset, repeats)
-        rows.append(_kernel_row(op, dtype, nbytes, numba_s, numpy_s, stream_add))
+        numba_s, numpy_s, add_s = _median_seconds(
+            [lambda: kernel(dst, src), lambda: ufunc(dst, src, out=dst), _add_here(dst, src)],
+            reset, repeats)
+        rows.append(_kernel_row(op, dtype, nbytes, numba_s, numpy_s, stream_add, add_s))
     if np.dtype(dtype).kind == "f":
         rows.append(_avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add))
     return rows
+
+
+def _add_here(dst, src):
+    # STREAM's add-into on the kernel's own arrays, as 64-bit integers.
+    d, s = dst.view(np.int64), src.view(np.int64)
+    return lambda: np.add(d, s, out=d)
 
 
 def _avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add):
@@ -122,18 +134,19 @@ def _avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add):
         np.divide(dst, 3, out=dst)
 
     reset = lambda: np.copyto(dst, dst0)  # noqa: E731
-    numba_s, numpy_s = _median_seconds(
-        [lambda: K.sum_div_into(dst, src, 3.0), numpy_avg], reset, repeats)
-    return _kernel_row("avg-last", dtype, nbytes, numba_s, numpy_s, stream_add)
+    numba_s, numpy_s, add_s = _median_seconds(
+        [lambda: K.sum_div_into(dst, src, 3.0), numpy_avg, _add_here(dst, src)], reset,
+        repeats)
+    return _kernel_row("avg-last", dtype, nbytes, numba_s, numpy_s, stream_add, add_s)
 
 
-def _kernel_row(op, dtype, nbytes, numba_s, numpy_s, stream_add):
+def _kernel_row(op, dtype, nbytes, numba_s, numpy_s, stream_add, add_s):
     numba_bw = 3 * nbytes / numba_s / 1e9
     return {"op": op, "dtype": str(np.dtype(dtype)), "bytes": nbytes,
             "numba_ms": numba_s * 1e3, "numpy_ms": numpy_s * 1e3,
             "numba_vs_numpy": numba_s / numpy_s, "numba_GBps": numba_bw,
             "numpy_GBps": 3 * nbytes / numpy_s / 1e9,
-            "of_stream_add": numba_bw / stream_add}
+            "of_stream_add": numba_bw / stream_add, "of_add_here": add_s / numba_s}
 
 
 STREAM_COLUMNS = [
@@ -148,6 +161,7 @@ KERNEL_COLUMNS = [
     Column("numba_GBps", "numba GB/s", 10, ".2f"),
     Column("numpy_GBps", "numpy GB/s", 10, ".2f"),
     Column("of_stream_add", "of best add", 11, ".3f"),
+    Column("of_add_here", "of add here", 11, ".3f"),
 ]
 
 

@@ -190,7 +190,7 @@ def test_kernel_micro_benchmark(tmp_path):
     data = json.loads(out.read_text())
     kernels = [r for r in data["rows"] if r["table"] == "kernels"]
     assert {r["op"] for r in kernels} == {"sum", "prod", "min", "max", "avg-last"}
-    assert all(r["numba_ms"] > 0 and r["numpy_ms"] > 0 for r in kernels)
+    assert all(r["numba_ms"] > 0 and r["numpy_ms"] > 0 and r["of_add_here"] > 0 for r in kernels)
     assert {r["kernel"] for r in data["rows"] if r["table"] == "stream"} >= {"add numpy"}
 
 
