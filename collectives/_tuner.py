@@ -80,11 +80,7 @@ EXPLORE_MAX = 1024
 #: it loses again, the wait doubles, up to ``RECHECK_AFTER`` calls, the
 #: last of these rechecks.  A benchmark gives a size 40-60 calls: on the
 #: AMD VM at 4 MiB, 2 ranks, a spell of 660-990 us calls of "shm" (350 us
-#: before it) made "ring", at 555, the best at call 40, for good.  Only a
-#: best that held its place for ``KEEP`` calls is rechecked: on 2 cores at
-#: 4 ranks, 1 MiB, two slow "shm" calls made "shm-streaming" the best for
-#: one call five times in 400, and each time its rechecks (4-6 calls at
-#: 1.6x) came back with it.
+#: before it) made "ring", at 555, the best at call 40, for good.
 RECHECK_FIRST = 16
 RECHECK_AFTER = 64
 #: Share of the time that retries of the candidates other than the best may
@@ -255,10 +251,10 @@ class Tuner:
                 bucket.typical[best] > (1 - SWITCH_MARGIN) * bucket.typical[held]):
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
-            if held in bucket.live and bucket.calls - bucket.best_since >= self.keep:
+            if held in bucket.live:
                 bucket.recheck, bucket.recheck_wait = held, RECHECK_FIRST
                 bucket.recheck_at = bucket.calls + RECHECK_FIRST
-            bucket.best, bucket.next_check, bucket.best_since = best, 0, bucket.calls
+            bucket.best, bucket.next_check = best, 0
             bucket.excursion.clear()  # a retry that found a new best is no cost
 
     def _bucket(self, nbytes):
@@ -284,7 +280,6 @@ class _Bucket:
         self.retry = [None] * n  # the last retry's (seconds, calls)
         self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
         self.best = None  # index, once every candidate has had its trials
-        self.best_since = 0  # the call at which it took its place
         self.tried = False  # whether every candidate has had its trials
         self.next_check = 0  # no retry is due before this call
         self.checked_at = float("inf")  # the best's typical time then

@@ -335,21 +335,3 @@ def test_trial_calls_bound_the_trials():
         i = tuner.propose(MIB)
         tuner.record(MIB, i, next(falling[tuner.candidates[i]]))
     assert tuner.best(MIB) is not None
-
-
-def test_a_best_for_a_moment_is_not_rechecked():
-    # Three slow shm calls (the machine) make streaming the best; its own
-    # calls are slow (3.0) and shm takes over again four calls later.  Best
-    # for fewer than KEEP calls, streaming is not rechecked 16, 48 and 112
-    # calls later (on 2 cores at 4 ranks such flips came five times in 400
-    # calls, each with its rechecks); its next try comes when its retry
-    # cost allows, here after about 200 calls.
-    tuner = Tuner(("shm", "streaming"), trials=3, keep=5, explore_every=4,
-                  explore_share=0.01)
-    _run(tuner, MIB, {"shm": 1.0, "streaming": 1.6}, 30)
-    _run(tuner, MIB, {"shm": 1.7, "streaming": 1.6}, 3)
-    assert tuner.best(MIB) == "streaming"
-    picks = _run(tuner, MIB, {"shm": 1.7, "streaming": 3.0}, 4)
-    assert tuner.best(MIB) == "shm" and picks == ["streaming"] * 4, picks
-    picks = _run(tuner, MIB, {"shm": 1.0, "streaming": 1.6}, 150)
-    assert picks == ["shm"] * 150, "".join(p[0] for p in picks)
