@@ -62,7 +62,9 @@ KEEP = 5
 #: trial calls and about 100 after them; in one benchmark run it lost its
 #: trials to "shm-pipelined"), or the machine has changed in its favour.
 #: The candidate runs on until it has ``TRIALS`` times again (at most KEEP
-#: timed calls in a row).
+#: timed calls in a row); until then its typical time can only fall: the
+#: best, steady at 166-185 us (2 MiB, 2 ranks), took 152 once, then 304,
+#: and the median of those two made it lose to "cma" at 214.
 IMPROVING = 0.95
 #: How much shorter another candidate's time must be to take over from the
 #: best: near-ties here differ by less than the noise (three candidates at
@@ -277,6 +279,7 @@ class _Bucket:
         self.timed = [0] * n  # timed calls so far
         self.typical = [float("inf")] * n  # median kept time (the upper one of two)
         self.fresh = [0] * n  # timed calls due since a restart before typical renews
+        self.falling = [False] * n  # times dropped by IMPROVING: typical only falls
         self.retry = [None] * n  # the last retry's (seconds, calls)
         self.excursion = {}  # candidate -> (seconds, calls) since leaving the best
         self.best = None  # index, once every candidate has had its trials
@@ -308,11 +311,15 @@ class _Bucket:
         times = self.times[index]
         if times and seconds < IMPROVING * min(times):
             times.clear()  # warming up, or the machine changed: see IMPROVING
+            self.falling[index] = True
         times.append(seconds)
         self.timed[index] += 1
         self.fresh[index] = max(self.fresh[index] - 1, 0)
+        self.falling[index] = self.falling[index] and len(times) < self.trials
         if not self.fresh[index]:
-            self.typical[index] = sorted(times)[len(times) // 2]
+            median = sorted(times)[len(times) // 2]
+            self.typical[index] = (min(median, self.typical[index]) if self.falling[index]
+                                   else median)
 
     def account(self, index, seconds):
         # A retry's calls, from leaving the best to its first call back (a
