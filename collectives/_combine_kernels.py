@@ -155,13 +155,15 @@ def _prod(a, b, d):
 
 
 @nb.njit(**_INLINE)
-def _min(a, b, d):  # as numpy.minimum: NaN wins, lo first
-    return a if (a < b or a != a) else b
+def _min(a, b, d):  # as numpy.minimum: NaN wins, lo first; why so: _kernels.min_into
+    m = a if a < b else b
+    return m if a == a else a + b
 
 
 @nb.njit(**_INLINE)
 def _max(a, b, d):
-    return a if (a > b or a != a) else b
+    m = a if a > b else b
+    return m if a == a else a + b
 
 
 @nb.njit(**_INLINE)

@@ -55,19 +55,25 @@ def prod_into(dst, src):
 @_jit(_TYPES, 2)
 def min_into(dst, src):
     """Dst = min(dst, src), NaN and signed zeros exactly as numpy.minimum."""
+    # Written so that no select has dst's own value as an arm: LLVM turns
+    # "store d back or store s" into masked vector stores (vmaskmov),
+    # microcoded on AMD before Zen 3 (Zen 1 VM, 16 MiB float32: 7.2 ms
+    # against NumPy's 3.3).  "d < s ? d : s" is one vminps (s on ties, so
+    # min(-0.0, 0.0) is 0.0 as in NumPy); a NaN in d then comes back as
+    # d + s, which is d's NaN (x86 and Arm return the first NaN operand).
     for i in range(dst.size):
-        d = dst[i]
-        if not (d < src[i] or d != d):
-            dst[i] = src[i]
+        d, s = dst[i], src[i]
+        m = d if d < s else s
+        dst[i] = m if d == d else d + s
 
 
 @_jit(_TYPES, 2)
 def max_into(dst, src):
     """Dst = max(dst, src), NaN and signed zeros exactly as numpy.maximum."""
-    for i in range(dst.size):
-        d = dst[i]
-        if not (d > src[i] or d != d):
-            dst[i] = src[i]
+    for i in range(dst.size):  # written as min_into is, for the same reason
+        d, s = dst[i], src[i]
+        m = d if d > s else s
+        dst[i] = m if d == d else d + s
 
 
 @_jit(_FLOATS, 2, scalar=True)

@@ -29,6 +29,20 @@ def test_native_kernels_match_numpy_bitwise(op, dtype):
     assert a.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("op", ("min", "max"))
+@pytest.mark.parametrize("dtype", ("float32", "float64"))
+def test_min_max_keep_numpys_nan_payloads_and_zero_signs(op, dtype):
+    # Every pair of specials, long enough for the vector loop: NaNs of two
+    # signs and payloads (the kernels return d's NaN as d + s), both zeros.
+    quiet = np.array([np.nan, -np.nan, 1.5, -0.0, 0.0, np.inf, -np.inf, -2.0], dtype)
+    payload = quiet[:1].view(np.uint32 if dtype == "float32" else np.uint64) | 0x123
+    specials = np.concatenate([quiet, payload.view(dtype)])
+    a, b = (np.repeat(specials, specials.size), np.tile(specials, specials.size))
+    want = UFUNCS[op](a, b)
+    resolve_op(op, dtype).reduce(a, b)
+    assert a.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ("float32", "float64"))
 def test_sum_div_fused_matches_two_numpy_passes(dtype):
     a, b = data(dtype, seed=3), data(dtype, seed=4)
