@@ -134,8 +134,9 @@ def _avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add):
         np.divide(dst, 3, out=dst)
 
     reset = lambda: np.copyto(dst, dst0)  # noqa: E731
+    three = dst.dtype.type(3)  # the kernel's scalar type: no conversion on its slow path
     numba_s, numpy_s, add_s = _median_seconds(
-        [lambda: K.sum_div_into(dst, src, 3.0), numpy_avg, _add_here(dst, src)], reset,
+        [lambda: K.sum_div_into(dst, src, three), numpy_avg, _add_here(dst, src)], reset,
         repeats)
     return _kernel_row("avg-last", dtype, nbytes, numba_s, numpy_s, stream_add, add_s)
 

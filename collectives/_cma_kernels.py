@@ -5,9 +5,9 @@ into ours in one kernel copy, as MPICH's and Open MPI's "CMA" transports do
 for large messages on one node; ``process_vm_writev(2)`` copies ours into
 theirs.  The kernels call them through an ``ExternalFunction`` (the symbol
 is resolved by name when the kernel is compiled, so, unlike a ctypes
-pointer, the compiled kernel can be cached), and compile lazily: on a
-system without the calls nothing here compiles, and ``single_copy`` never
-calls them (``SUPPORTED`` is False).  They trust their inputs;
+pointer, the compiled kernel can be cached); on a system without the
+calls they list no signatures, so nothing here compiles, and
+``single_copy`` never calls them (``SUPPORTED`` is False).  They trust their inputs;
 ``single_copy`` checks.  Each returns the first rank whose memory it could
 not read or write, or -1.
 """
@@ -19,6 +19,7 @@ import numba as nb
 import numpy as np
 
 from collectives._combine_kernels import fold_ring_in_place
+from collectives._compile import kernel
 
 __all__ = ["SUPPORTED", "pull", "push", "reduce_chunk"]
 
@@ -31,7 +32,14 @@ SUPPORTED = sys.platform.startswith("linux") and all(
 _IOV_CALL = nb.int64(nb.int32, nb.uint64, nb.uint64, nb.uint64, nb.uint64, nb.uint64)
 _readv = nb.types.ExternalFunction("process_vm_readv", _IOV_CALL)
 _writev = nb.types.ExternalFunction("process_vm_writev", _IOV_CALL)
-_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+_OPTIONS = dict(nogil=True, boundscheck=False)
+_TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
+_I64 = nb.int64[::1]
+
+
+def _jit(signatures):
+    # Signatures (so precompiled) only where the calls exist.
+    return kernel(signatures if SUPPORTED else [], **_OPTIONS)
 
 
 @nb.njit(nogil=True, inline="always")
@@ -49,19 +57,20 @@ def _move(pid, local, address, iov, write):
     return call(np.int32(pid), base, 1, base + np.uint64(16), 1, 0) == nbytes
 
 
-@nb.njit(**_OPTIONS)
+@_jit([nb.boolean(nb.int64, _I64, nb.int64)])
 def pull(pid, out, address):
     """Fill ``out`` from ``address`` in process ``pid``; return whether all bytes came."""
     return _move(pid, out, address, np.empty(4, np.uint64), False)
 
 
-@nb.njit(**_OPTIONS)
+@_jit([nb.boolean(nb.int64, _I64, nb.int64)])
 def push(pid, data, address):
     """Copy ``data`` to ``address`` in process ``pid``; return whether all bytes went."""
     return _move(pid, data, address, np.empty(4, np.uint64), True)
 
 
-@nb.njit(**_OPTIONS)
+@_jit([nb.int64(t[::1], _I64, _I64, nb.int64, t[::1], nb.int64, nb.int64, nb.int64, nb.float64)
+      for t in _TYPES])
 def reduce_chunk(mine, pids, addresses, rank, scratch, piece, code, last, divisor):
     """Fold every rank's copy of my chunk into ``mine``, in the ring's order, and hand it out.
 

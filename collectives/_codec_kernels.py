@@ -9,6 +9,7 @@ codecs in ``compression`` check shapes and dtypes.  float16 values are
 import numba as nb
 import numpy as np
 
+from collectives._compile import kernel
 from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = ["encode_f16", "decode_f16", "select_topk", "scatter_add_f16", "zero"]
@@ -16,24 +17,24 @@ __all__ = ["encode_f16", "decode_f16", "select_topk", "scatter_add_f16", "zero"]
 _F32 = nb.float32[::1]
 _U16 = nb.uint16[::1]
 _I32 = nb.int32[::1]
-_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+_OPTIONS = dict(nogil=True, boundscheck=False)
 
 
-@nb.njit(nb.void(_F32, _U16, nb.float64), **_OPTIONS)
+@kernel([nb.void(_F32, _U16, nb.float64)], **_OPTIONS)
 def encode_f16(src, dst, scale):
     """Dst = float16(src * scale), as bits."""
     for i in range(src.size):
         dst[i] = f64_to_f16(src[i] * scale)
 
 
-@nb.njit(nb.void(_U16, _F32, nb.float64), **_OPTIONS)
+@kernel([nb.void(_U16, _F32, nb.float64)], **_OPTIONS)
 def decode_f16(src, dst, scale):
     """Dst = float32(float16 src * scale)."""
     for i in range(src.size):
         dst[i] = f16_to_f64(src[i]) * scale
 
 
-@nb.njit(nb.void(_F32, _F32, _I32, _U16), **_OPTIONS)
+@kernel([nb.void(_F32, _F32, _I32, _U16)], **_OPTIONS)
 def select_topk(acc, work, indices, values):
     """Pick the ``indices.size`` largest |acc| and keep the rest in ``acc``.
 
@@ -64,14 +65,14 @@ def select_topk(acc, work, indices, values):
             j += 1
 
 
-@nb.njit(nb.void(_F32, _I32, _U16, nb.float64), **_OPTIONS)
+@kernel([nb.void(_F32, _I32, _U16, nb.float64)], **_OPTIONS)
 def scatter_add_f16(dense, indices, values, scale):
     """dense[indices[i]] += float16 values[i] * scale, in order."""
     for i in range(indices.size):
         dense[indices[i]] += f16_to_f64(values[i]) * scale
 
 
-@nb.njit(_F32(_F32), **_OPTIONS)
+@kernel([_F32(_F32)], **_OPTIONS)
 def zero(dst):
     """dst[:] = 0; return dst."""
     for i in range(dst.size):

@@ -21,6 +21,7 @@ import numpy as np
 from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
+from collectives._compile import kernel
 from collectives._kernels import f16_to_f64, f64_to_f16
 
 __all__ = [
@@ -43,7 +44,7 @@ CODES = {"sum": (SUM, SUM), "prod": (PROD, PROD), "min": (MIN, MIN),
 _sched_yield = nb.types.ExternalFunction("sched_yield", nb.int32())
 
 _TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
-_OPTIONS = dict(cache=True, nogil=True, boundscheck=False)
+_OPTIONS = dict(nogil=True, boundscheck=False)
 _I64 = nb.int64[::1]
 _INLINE = dict(nogil=True, inline="always")
 _PIECE = 2048  # elements of fold_ring's L1 buffer
@@ -213,13 +214,13 @@ def _stream(out, source):
         store_streaming(out, i, source[i])
 
 
-@nb.njit([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
+@kernel([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
 def copy(out, source):
     """Out = source (numpy's slice assignment, without its per-call cost)."""
     _copy(out, source)
 
 
-@nb.njit([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
+@kernel([nb.void(t[::1], t[::1]) for t in _TYPES], **_OPTIONS)
 def copy_streaming(out, source):
     """Out = source with streaming stores, then a fence.
 
@@ -230,7 +231,7 @@ def copy_streaming(out, source):
     fence()
 
 
-@nb.njit(_sigs(nb.void, _combine_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _combine_args), **_OPTIONS)
 def combine(out, lo, hi, code, divisor):
     """Out = lo op hi (may alias either input); SUM_DIV divides the sum.
 
@@ -239,7 +240,7 @@ def combine(out, lo, hi, code, divisor):
     _pair(out, lo, hi, code, divisor)
 
 
-@nb.njit(_sigs(nb.void, _fold_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _fold_args), **_OPTIONS)
 def fold_rows(out, win, start, stride, nrows, mine_row, mine, code, last, divisor):
     """Out = row 0 op row 1 op ... (row q: ``win[start + q * stride:][:out.size]``).
 
@@ -279,7 +280,7 @@ def _fold_piece(acc, win, start, stride, nrows, first, mine_row, mine, at, code,
               last if k == nrows - 1 else code, divisor)
 
 
-@nb.njit(_sigs(nb.void, _ring_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _ring_args), **_OPTIONS)
 def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
               also, streaming):
     """Fold the rows in the ring all-reduce's order for a chunk that starts at row ``first``.
@@ -310,7 +311,7 @@ def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last,
         fence()
 
 
-@nb.njit(_sigs(nb.void, _in_place_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _in_place_args), **_OPTIONS)
 def fold_ring_in_place(mine, win, start, stride, nrows, first, code, last, divisor):
     """:func:`fold_ring` where ``mine`` is row ``first`` and takes the result.
 
@@ -330,7 +331,7 @@ def fold_ring_in_place(mine, win, start, stride, nrows, first, code, last, divis
         _pair(mine, row, mine, last if k == nrows - 1 else code, divisor)
 
 
-@nb.njit(_sigs(nb.void, _in_l2_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _in_l2_args), **_OPTIONS)
 def fold_ring_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
                     also):
     """:func:`fold_ring` with plain stores, in passes over ``out`` (which a caller keeps in the L2).
@@ -355,7 +356,7 @@ def fold_ring_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code,
             _copy(also[at:at + m], part)
 
 
-@nb.njit(_sigs(nb.void, _to_rows_args), **_OPTIONS)
+@kernel(_sigs(nb.void, _to_rows_args), **_OPTIONS)
 def fold_ring_to_rows(win, start, stride, n, nrows, first, code, last, divisor, streaming):
     """:func:`fold_ring` of ``n`` elements at ``start`` of every row, written back to every row.
 
@@ -380,7 +381,7 @@ def fold_ring_to_rows(win, start, stride, n, nrows, first, code, last, divisor, 
         fence()
 
 
-@nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)
+@kernel([nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64)], **_OPTIONS)
 def rows_equal(words, start, stride, nrows, nwords):
     """Return whether rows ``words[start + q * stride:][:nwords]`` are all equal."""
     for q in range(1, nrows):
@@ -390,7 +391,7 @@ def rows_equal(words, start, stride, nrows, nwords):
     return True
 
 
-@nb.njit(_sigs(nb.boolean, _finish_args), **_OPTIONS)
+@kernel(_sigs(nb.boolean, _finish_args), **_OPTIONS)
 def finish(out, win, start, stride, nrows, code, last, divisor, words, header_at,
            header_stride, header_words):
     """If all rows' headers agree, fold the rows into ``out``; return the agreement."""
@@ -401,7 +402,7 @@ def finish(out, win, start, stride, nrows, code, last, divisor, words, header_at
     return True
 
 
-@nb.njit(nb.boolean(_I64, _I64), **_OPTIONS)
+@kernel([nb.boolean(_I64, _I64)], **_OPTIONS)
 def merge_header(mine, theirs):
     """Mine = max(mine, theirs); return whether all merged fields agree."""
     half = mine.size // 2
@@ -415,7 +416,7 @@ def merge_header(mine, theirs):
     return agree
 
 
-@nb.njit(_sigs(nb.boolean, _step_args), **_OPTIONS)
+@kernel(_sigs(nb.boolean, _step_args), **_OPTIONS)
 def step(mine, theirs, out, lo, hi, code, divisor):
     """Merge the headers; if they agree, out = lo op hi.  Return the agreement."""
     agree = merge_header(mine, theirs)
@@ -424,7 +425,7 @@ def step(mine, theirs, out, lo, hi, code, divisor):
     return agree
 
 
-@nb.njit(nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64), **_OPTIONS)
+@kernel([nb.boolean(_I64, nb.int64, nb.int64, nb.int64, nb.int64)], **_OPTIONS)
 def all_at_least(words, index, stride, nrows, value):
     """Return whether ``words[index + q * stride] >= value`` for every row q.
 
@@ -437,7 +438,7 @@ def all_at_least(words, index, stride, nrows, value):
     return True
 
 
-@nb.njit(_sigs(nb.int64, _exchange_args), **_OPTIONS)
+@kernel(_sigs(nb.int64, _exchange_args), **_OPTIONS)
 def exchange(out, win, words, plan, sequence):
     """A small all-reduce's whole exchange through a shared window, in one call.
 

@@ -2,9 +2,9 @@
 
 Every kernel is a short loop that trusts its input: same length, same
 dtype, C-contiguous 1-D arrays.  The Python wrappers in ``_ops`` do all the
-checks.  ``_jit`` owns the compile options: kernels are compiled eagerly
-for explicit signatures and cached on disk, so the first collective call
-does not pay for compilation.
+checks.  ``_jit`` owns the compile options: each kernel lists its
+signatures, which ``_compile.precompile`` caches on disk at install, and
+loads the one it is called with on its first call (see ``_compile``).
 
 Numba has no float16 arithmetic on the CPU, so float16 buffers are handled
 as ``uint16`` bit patterns: each element is decoded exactly into float64,
@@ -17,6 +17,8 @@ import math
 
 import numba as nb
 import numpy as np
+
+from collectives._compile import kernel
 
 __all__ = [
     "sum_into", "prod_into", "min_into", "max_into", "sum_div_into",
@@ -31,9 +33,9 @@ _FLOATS = (nb.float32, nb.float64)
 
 
 def _jit(types, nargs, *, scalar=False):
-    """Compile eagerly for ``nargs`` arrays of each type, plus a scalar of it."""
+    """A kernel for ``nargs`` arrays of each type, plus a scalar of it."""
     sigs = [nb.void(*([t[::1]] * nargs), *([t] if scalar else [])) for t in types]
-    return nb.njit(sigs, cache=True, nogil=True, boundscheck=False)
+    return kernel(sigs, nogil=True, boundscheck=False)
 
 
 # ---------------------------------------------------------------- native ---
@@ -92,7 +94,7 @@ def div_inplace(dst, divisor):
 
 # --------------------------------------------------------------- float16 ---
 
-@nb.njit(nb.float64(nb.uint16), cache=True, nogil=True, inline="always")
+@kernel([nb.float64(nb.uint16)], nogil=True, inline="always")
 def f16_to_f64(h):
     """Decode float16 bits exactly."""
     sign = -1.0 if h & 0x8000 else 1.0
@@ -105,7 +107,7 @@ def f16_to_f64(h):
     return sign * math.ldexp(mant + 1024.0, exp - 25)
 
 
-@nb.njit(nb.uint16(nb.float64), cache=True, nogil=True, inline="always")
+@kernel([nb.uint16(nb.float64)], nogil=True, inline="always")
 def f64_to_f16(x):
     """Round to the nearest float16 (ties to even) and return its bits."""
     if x != x:
@@ -124,21 +126,21 @@ def f64_to_f16(x):
 _U16 = nb.uint16[::1]
 
 
-@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+@kernel([nb.void(_U16, _U16)], nogil=True)
 def sum_into_f16(dst, src):
     """Dst += src on float16 bit patterns."""
     for i in range(dst.size):
         dst[i] = f64_to_f16(f16_to_f64(dst[i]) + f16_to_f64(src[i]))
 
 
-@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+@kernel([nb.void(_U16, _U16)], nogil=True)
 def prod_into_f16(dst, src):
     """Dst *= src on float16 bit patterns."""
     for i in range(dst.size):
         dst[i] = f64_to_f16(f16_to_f64(dst[i]) * f16_to_f64(src[i]))
 
 
-@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+@kernel([nb.void(_U16, _U16)], nogil=True)
 def min_into_f16(dst, src):
     """Dst = min(dst, src) on float16 bit patterns, as numpy.minimum."""
     for i in range(dst.size):
@@ -147,7 +149,7 @@ def min_into_f16(dst, src):
             dst[i] = src[i]
 
 
-@nb.njit(nb.void(_U16, _U16), cache=True, nogil=True)
+@kernel([nb.void(_U16, _U16)], nogil=True)
 def max_into_f16(dst, src):
     """Dst = max(dst, src) on float16 bit patterns, as numpy.maximum."""
     for i in range(dst.size):
@@ -156,14 +158,14 @@ def max_into_f16(dst, src):
             dst[i] = src[i]
 
 
-@nb.njit(nb.void(_U16, _U16, nb.float64), cache=True, nogil=True)
+@kernel([nb.void(_U16, _U16, nb.float64)], nogil=True)
 def sum_div_into_f16(dst, src, divisor):
     """Dst = (dst + src) / divisor on float16 bits, rounded once."""
     for i in range(dst.size):
         dst[i] = f64_to_f16((f16_to_f64(dst[i]) + f16_to_f64(src[i])) / divisor)
 
 
-@nb.njit(nb.void(_U16, nb.float64), cache=True, nogil=True)
+@kernel([nb.void(_U16, nb.float64)], nogil=True)
 def div_inplace_f16(dst, divisor):
     """Dst /= divisor on float16 bit patterns."""
     for i in range(dst.size):

@@ -79,9 +79,27 @@ def resolve_op(op, dtype):
         raise TypeError(f"op 'avg' needs a floating dtype, got {dtype}; "
                         "use 'sum' and divide, or cast to float first")
     if dtype == np.float16:
-        return Op(name, code, handle, kernel16, K.sum_div_into_f16,
-                  K.div_inplace_f16)
-    return Op(name, code, handle, kernel, K.sum_div_into, K.div_inplace)
+        return Op(name, code, handle, kernel16, *_DIVIDE[np.float16])
+    return Op(name, code, handle, kernel, *_DIVIDE.get(dtype.type, _NO_DIVIDE))
+
+
+def _divisor_as(scalar, kernel):
+    # The kernel with its last argument (the divisor: callers pass the
+    # rank count, an int) as `scalar`, its type in the kernel's signature:
+    # a kernel converts other types only on its slow path (see _compile).
+    def call(*args):
+        return kernel(*args[:-1], scalar(args[-1]))
+    call.__name__ = kernel.__name__
+    return call
+
+
+#: dtype -> (sum_div, div) of the Op ("avg" only: floating dtypes).
+_DIVIDE = {
+    np.float16: (_divisor_as(float, K.sum_div_into_f16), _divisor_as(float, K.div_inplace_f16)),
+    **{t: (_divisor_as(t, K.sum_div_into), _divisor_as(t, K.div_inplace))
+       for t in (np.float32, np.float64)},
+}
+_NO_DIVIDE = (K.sum_div_into, K.div_inplace)  # integer dtypes: never called
 
 
 def check_buffer(buf, *, writeable=True):

@@ -10,16 +10,18 @@ same parameters gets the same bytes.
 
 import numba as nb
 
+from collectives._compile import kernel
+
 __all__ = ["add_scaled", "sgd_step", "sgd_momentum_step"]
 
 _FLOATS = (nb.float32, nb.float64)
 
 
 def _jit(nargs, nscalars, *, flag=False):
-    """Compile eagerly for float32 and float64 arrays, scalars of that type."""
+    """A kernel for float32 and float64 arrays, scalars of that type."""
     sigs = [nb.void(*([t[::1]] * nargs), *([t] * nscalars), *([nb.boolean] if flag else []))
             for t in _FLOATS]
-    return nb.njit(sigs, cache=True, nogil=True, boundscheck=False)
+    return kernel(sigs, nogil=True, boundscheck=False)
 
 
 @_jit(2, 1)

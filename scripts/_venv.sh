@@ -13,7 +13,7 @@ make_venv() {  # make_venv DIR EXTRAS
     fi
     "$1/bin/python" -m pip install -q -e "$ROOT[$2]"
     # Compile and cache the Numba kernels once, not in every rank at once.
-    "$1/bin/python" -c "import collectives, optim"
+    "$1/bin/python" -c "from collectives._compile import precompile; precompile(['collectives', 'optim'])"
 }
 
 ensure_venv() {  # ensure_venv EXTRAS: the main venv, with MPICH
