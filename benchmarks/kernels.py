@@ -111,7 +111,7 @@ def kernel_rows(nbytes, dtype, repeats, *, stream_add):
     rows = []
     for op, ufunc in _NUMPY.items():
         kernel = _KERNELS[op]
-        kernel(dst, src)  # warm (compiled already: explicit signatures)
+        kernel(dst, src)  # warm: loads this dtype's signature (collectives._compile)
         numba_s, numpy_s, add_s = _median_seconds(
             [lambda: kernel(dst, src), lambda: ufunc(dst, src, out=dst), _add_here(dst, src)],
             reset, repeats)

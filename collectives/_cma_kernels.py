@@ -18,7 +18,7 @@ import sys
 import numba as nb
 import numpy as np
 
-from collectives._combine_kernels import fold_ring_in_place
+from collectives._combine_kernels import _I64, _TYPES, fold_ring_in_place
 from collectives._compile import kernel
 
 __all__ = ["SUPPORTED", "pull", "push", "reduce_chunk"]
@@ -33,8 +33,6 @@ _IOV_CALL = nb.int64(nb.int32, nb.uint64, nb.uint64, nb.uint64, nb.uint64, nb.ui
 _readv = nb.types.ExternalFunction("process_vm_readv", _IOV_CALL)
 _writev = nb.types.ExternalFunction("process_vm_writev", _IOV_CALL)
 _OPTIONS = dict(nogil=True, boundscheck=False)
-_TYPES = (nb.float32, nb.float64, nb.int32, nb.int64, nb.uint16)  # uint16: float16 bits
-_I64 = nb.int64[::1]
 
 
 def _jit(signatures):
