@@ -82,7 +82,9 @@ EXPLORE_MAX = 1024
 #: it loses again, the wait doubles, up to ``RECHECK_AFTER`` calls, the
 #: last of these rechecks.  A benchmark gives a size 40-60 calls: on the
 #: AMD VM at 4 MiB, 2 ranks, a spell of 660-990 us calls of "shm" (350 us
-#: before it) made "ring", at 555, the best at call 40, for good.
+#: before it) made "ring", at 555, the best at call 40, for good.  Each
+#: best that lost its place has its own rechecks, so a later change of the
+#: best does not cancel them.
 RECHECK_FIRST = 16
 RECHECK_AFTER = 64
 #: Share of the time that retries of the candidates other than the best may
@@ -172,14 +174,9 @@ class Tuner:
             return min(bucket.live, key=bucket.timed.__getitem__)  # the next to try
         if bucket.calls < bucket.next_check:
             return best  # nothing due yet (this runs on every call: keep it short)
-        if bucket.recheck is not None and bucket.calls >= bucket.recheck_at:
-            recheck = bucket.recheck
-            bucket.recheck_wait *= 2
-            if bucket.recheck_wait > RECHECK_AFTER:
-                bucket.recheck = None  # that was the last recheck
-            bucket.recheck_at = bucket.calls + bucket.recheck_wait
-            if recheck in bucket.live and recheck != best:
-                return recheck  # the best before this one, tried again (RECHECK_FIRST)
+        recheck = bucket.due_recheck()
+        if recheck is not None:
+            return recheck  # a best that lost its place, tried again (RECHECK_FIRST)
         due, since, wait = best, -1, EXPLORE_MAX
         for i in bucket.live:
             if i != best:
@@ -189,8 +186,8 @@ class Tuner:
                     due, since = i, idle  # the longest untried of those due
                 wait = min(wait, max(left, 1))
         bucket.next_check = bucket.calls + (0 if due != best else wait)
-        if bucket.recheck is not None:
-            bucket.next_check = min(bucket.next_check, bucket.recheck_at)
+        if bucket.rechecks:
+            bucket.next_check = min(bucket.next_check, *(at for at, _ in bucket.rechecks.values()))
         bucket.checked_at = bucket.typical[best]
         return due
 
@@ -254,8 +251,8 @@ class Tuner:
             best = held  # not enough faster to pay for the switch
         if best != bucket.best:
             if held in bucket.live:
-                bucket.recheck, bucket.recheck_wait = held, RECHECK_FIRST
-                bucket.recheck_at = bucket.calls + RECHECK_FIRST
+                bucket.rechecks[held] = (bucket.calls + RECHECK_FIRST, RECHECK_FIRST)
+            bucket.rechecks.pop(best, None)
             bucket.best, bucket.next_check = best, 0
             bucket.excursion.clear()  # a retry that found a new best is no cost
 
@@ -286,9 +283,7 @@ class _Bucket:
         self.tried = False  # whether every candidate has had its trials
         self.next_check = 0  # no retry is due before this call
         self.checked_at = float("inf")  # the best's typical time then
-        self.recheck = None  # the best before the current one, to try again at
-        self.recheck_at = 0  # this call (see RECHECK_FIRST),
-        self.recheck_wait = 0  # this many calls after the last recheck
+        self.rechecks = {}  # bests that lost their place -> (call due, calls waited)
         self.last = None  # the candidate of the last call
         self.warming = False  # whether that call was a switch (so not timed)
         self.streak = 0  # timed calls of that candidate since the switch
@@ -306,6 +301,24 @@ class _Bucket:
         # lost to "cma" at 160).
         self.times[index].clear()
         self.fresh[index] = self.trials
+
+    def due_recheck(self):
+        # The first of the bests that lost their place whose recheck is due,
+        # its next one scheduled after twice the wait.  Every one of them,
+        # not just the last: after a slow spell of the best, two near-ties
+        # that take turns as the best would otherwise push it out of the
+        # list (at 2 MiB, 4 ranks: "cma" at 1.6 ms, three calls of 4-5.6 ms,
+        # then "shm" and "shm-streaming" at 2.5-3.5 ms in turns for the 60
+        # calls left, "cma" never tried again).
+        for index, (at, wait) in list(self.rechecks.items()):
+            if self.calls >= at:
+                if 2 * wait > RECHECK_AFTER:
+                    del self.rechecks[index]  # that was its last recheck
+                else:
+                    self.rechecks[index] = (self.calls + 2 * wait, 2 * wait)
+                if index in self.live and index != self.best:
+                    return index
+        return None
 
     def add(self, index, seconds):
         times = self.times[index]

@@ -350,3 +350,22 @@ def test_one_slow_call_after_a_faster_one_does_not_unseat_the_best():
     assert tuner.best(MIB) == "shm"
     picks = _run(tuner, MIB, {"shm": 1.0, "ring": 1.3}, 20)
     assert picks == ["shm"] * 20 and tuner.best(MIB) == "shm", picks
+
+
+def test_a_best_that_lost_in_a_spell_is_rechecked_while_near_ties_take_turns():
+    # cma's slow spell hands over to shm; shm and its near-tie streaming
+    # then take the lead from each other.  cma, the best before them, is
+    # still tried again RECHECK_FIRST calls after it lost, and takes over.
+    tuner = Tuner(("cma", "shm", "streaming"), trials=2, keep=3, explore_every=4,
+                  explore_share=0.01)
+    _run(tuner, MIB, {"cma": 1.0, "shm": 2.0, "streaming": 2.1}, 20)
+    assert tuner.best(MIB) == "cma"
+    _run(tuner, MIB, {"cma": 5.0, "shm": 2.0, "streaming": 2.1}, 3)  # the spell
+    assert tuner.best(MIB) == "shm"
+    picks = []
+    for turn in range(6):  # shm and streaming faster in turns
+        faster, slower = ("shm", "streaming") if turn % 2 else ("streaming", "shm")
+        picks += _run(tuner, MIB, {"cma": 1.0, faster: 2.0, slower: 2.6}, 4)
+    assert "cma" in picks[:RECHECK_FIRST + 1], picks
+    picks = _run(tuner, MIB, {"cma": 1.0, "shm": 2.0, "streaming": 2.1}, 20)
+    assert tuner.best(MIB) == "cma" and picks[-8:] == ["cma"] * 8, picks
