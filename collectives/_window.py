@@ -99,6 +99,7 @@ class SharedWindow:
         self.freed = False
         self.single_copy = None  # whether peers may read each other's memory; see single_copy
         self.single_copy_error = None  # why not, if not
+        self.single_copy_plans = {}  # (count, dtype, op) -> single_copy._Plan
         self.sequence = 0  # small calls and header checks made so far
         self.blocks = 0  # large blocks passed so far
         self.slot_bytes = 0  # the large area's slot size in the last large call

@@ -30,6 +30,7 @@ def test_cma_equals_ring_bitwise(comm, dtype, op, monkeypatch):
     if op == "avg" and dtype.startswith("int"):
         pytest.skip("avg is for floating dtypes")
     monkeypatch.setattr(single_copy, "PIECE_BYTES", 1024)
+    comm = comm.Dup()  # a window of its own: plans made with these pieces
     for count in (1, 3, 1009, 20_011):
         x = rank_data(comm, count, dtype, positive=op == "prod")
         ring, table = x.copy(), gather_inputs(x, comm)
@@ -38,6 +39,26 @@ def test_cma_equals_ring_bitwise(comm, dtype, op, monkeypatch):
         assert x.tobytes() == ring.tobytes(), (count, np.flatnonzero(x != ring)[:5])
         assert_reduced(x, table, op)
         assert_identical_on_all_ranks(x, comm)
+    comm.Free()
+
+
+def test_cma_new_buffers_dtypes_and_ops_at_one_count(comm):
+    # Each call's plan (kept per count, dtype and op) reads the buffers'
+    # addresses afresh: every call here passes a new buffer, all kept alive
+    # so none reuses an earlier one's memory, and changes dtype or op.
+    comm = comm.Dup()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    kept = []
+    for i in range(12):
+        dtype, op = ("float32", "float64", "int64")[i % 3], ("sum", "max")[i // 3 % 2]
+        x = np.arange(20_011, dtype=dtype) + rank * (i + 1)
+        kept.append(x)
+        C.allreduce(x, comm, algorithm="cma", op=op)
+        base = np.arange(20_011, dtype=dtype)
+        want = size * base + sum(range(size)) * (i + 1) if op == "sum" else (
+            base + (size - 1) * (i + 1))
+        assert np.array_equal(x, want), (i, dtype, op, x[:3], want[:3])
+    comm.Free()
 
 
 def test_cma_buffer_reused_at_once_with_a_late_rank(comm):
