@@ -39,13 +39,14 @@ exchange that starts the call, so every rank runs the same algorithm.
 
 from collections import deque
 
-__all__ = ["Tuner", "trial_calls", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN",
+__all__ = ["Tuner", "trial_calls", "typical_time", "TRIALS", "KEEP", "IMPROVING", "SWITCH_MARGIN",
            "EXPLORE_EVERY", "EXPLORE_MAX", "RECHECK_FIRST", "RECHECK_AFTER",
            "EXPLORE_SHARE"]
 
 #: Calls of each candidate per size before the tuner trusts its times.
 TRIALS = 3
-#: Times kept per candidate and size; their median decides.  Not the
+#: Times kept per candidate and size; their median decides (of an even
+#: number, the mean of the middle two: ``typical_time``).  Not the
 #: shortest: a call's time on rank 0 depends on when the others arrive and
 #: get a core, so the shortest of a few calls is luck, most of all for the
 #: candidates whose time varies most (at 1 MiB, 4 ranks on 2 cores, "cma"
@@ -54,8 +55,14 @@ TRIALS = 3
 #: of fewer: with three, two slow calls of the best let a near-tie take
 #: over (at 1 MiB, 2 ranks, "shm-pipelined" at 118 us ran for 50 calls at a
 #: time where "shm" took 100).  A candidate that slows down for good is
-#: noticed after KEEP // 2 + 1 calls.
-KEEP = 5
+#: noticed after KEEP // 2 + 1 calls.  Nor the median of five: oversubscribed,
+#: rank 0's times alternate (AMD Zen 4 VM, 1 MiB, 4 ranks on 2 cores: "shm"
+#: 388, 580, 395, 596, 380, 593 ... us), so the median of an odd number
+#: of them jumped between the low and the high time on every call, and
+#: "cma", steady at 480, took over and gave back the best in turns: "auto"
+#: took 1.07x the time of either.  Of six, the middle two are one low
+#: and one high time, and two slow calls still do not count.
+KEEP = 6
 #: A timed call this much shorter than every kept time of its candidate
 #: supersedes them: they were warming up, as at the first size a process
 #: tunes (at 1 MiB, 2 ranks, "shm" took 401, 190 and 156 us on its timed
@@ -110,6 +117,12 @@ _OUTLIER = 4.0
 #: 530, then 380 us a call within one run), and with old times in its
 #: median a retry that beat the best by 20% still lost to it.
 _CONTENDER = 1.5
+
+
+def typical_time(times):
+    """The median of ``times``: of an even number, the mean of the middle two."""
+    ordered, half = sorted(times), len(times) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 def trial_calls(candidates):
@@ -274,7 +287,7 @@ class _Bucket:
         self.trials = trials  # timed calls that renew a restarted typical time
         self.times = [deque(maxlen=keep) for _ in range(n)]
         self.timed = [0] * n  # timed calls so far
-        self.typical = [float("inf")] * n  # median kept time (the upper one of two)
+        self.typical = [float("inf")] * n  # typical_time of the kept times
         self.fresh = [0] * n  # timed calls due since a restart before typical renews
         self.falling = [False] * n  # times dropped by IMPROVING: typical only falls
         self.retry = [None] * n  # the last retry's (seconds, calls)
@@ -330,9 +343,9 @@ class _Bucket:
         self.fresh[index] = max(self.fresh[index] - 1, 0)
         self.falling[index] = self.falling[index] and len(times) < self.trials
         if not self.fresh[index]:
-            median = sorted(times)[len(times) // 2]
-            self.typical[index] = (min(median, self.typical[index]) if self.falling[index]
-                                   else median)
+            typical = typical_time(times)
+            self.typical[index] = (min(typical, self.typical[index]) if self.falling[index]
+                                   else typical)
 
     def account(self, index, seconds):
         # A retry's calls, from leaving the best to its first call back (a
