@@ -12,7 +12,7 @@ cd "$ROOT"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 OUT="${OUT:-$ROOT/benchmarks/results}"
-REPEATS="${REPEATS:-5}"
+REPEATS="${REPEATS:-7}"
 RANKS="${RANKS:-2 4}"
 SIZES="${SIZES:-8:64M}"
 LIMIT="${LIMIT:-1800}"   # seconds per command
