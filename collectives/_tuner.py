@@ -265,22 +265,9 @@ class Tuner:
         if best != bucket.best:
             if held in bucket.live:
                 bucket.rechecks[held] = (bucket.calls + RECHECK_FIRST, RECHECK_FIRST)
-            elif best is not None:
-                self._recheck_the_close(bucket, best)
             bucket.rechecks.pop(best, None)
             bucket.best, bucket.next_check = best, 0
             bucket.excursion.clear()  # a retry that found a new best is no cost
-
-    def _recheck_the_close(self, bucket, best):
-        # After the trials: each candidate within _CONTENDER of the first
-        # best is tried once more RECHECK_FIRST calls later, whatever its
-        # retries would cost; its trials may have met a slow spell (AMD Zen
-        # 4 VM, 32 MiB, 2 ranks, one benchmark run: "ring" the best at 8.1 ms
-        # a call, "cma" 5.2 ms in its own column, retried only after more
-        # calls than the benchmark made).  Scheduled as a last recheck.
-        for i in bucket.live:
-            if i != best and bucket.typical[i] < _CONTENDER * bucket.typical[best]:
-                bucket.rechecks[i] = (bucket.calls + RECHECK_FIRST, RECHECK_AFTER)
 
     def _bucket(self, nbytes):
         key = nbytes.bit_length()

@@ -396,20 +396,3 @@ def test_a_best_that_lost_in_a_spell_is_rechecked_while_near_ties_take_turns():
     assert "cma" in picks[:RECHECK_FIRST + 1], picks
     picks = _run(tuner, MIB, {"cma": 1.0, "shm": 2.0, "streaming": 2.1}, 20)
     assert tuner.best(MIB) == "cma" and picks[-8:] == ["cma"] * 8, picks
-
-
-def test_a_candidate_close_after_the_trials_is_tried_again_soon():
-    # cma's trials met a slow spell (1.3 against ring's 1.0); from then on
-    # it takes 0.6.  Its retries, priced at its trial times, would come
-    # after about 60 calls; the recheck of the close candidates brings it
-    # back within RECHECK_FIRST calls of the trials, and it takes over.
-    # shm, 3x ring's time, is not rechecked early.
-    tuner = Tuner(("ring", "cma", "shm"), trials=3, keep=6, explore_every=16)
-    cost = {"ring": 1.0, "cma": 1.3, "shm": 3.0}
-    while tuner.best(MIB) is None:
-        _run(tuner, MIB, cost, 1)
-    assert tuner.best(MIB) == "ring"
-    cost["cma"] = 0.6
-    picks = _run(tuner, MIB, cost, RECHECK_FIRST + 8)
-    assert tuner.best(MIB) == "cma", picks
-    assert "shm" not in picks
