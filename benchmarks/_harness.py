@@ -19,7 +19,7 @@ from mpi4py import MPI
 
 __all__ = [
     "parse_size", "parse_sizes", "iterations", "time_block", "rank_stats",
-    "median_stats", "machine_info", "format_bytes", "count_argument",
+    "median_stats", "machine_info", "format_bytes", "count_argument", "mpiexec_command",
 ]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -57,6 +57,12 @@ def iterations(nbytes, count, *, floor=MIN_ITERS):
     if nbytes <= LARGE:
         return count
     return max(floor, count * LARGE // nbytes)
+
+
+def mpiexec_command():
+    """The ``mpiexec`` next to this Python (the mpich wheel's in a venv), else the one on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return local if os.path.exists(local) else "mpiexec"
 
 
 def count_argument(argv, default):

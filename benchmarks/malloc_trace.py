@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import format_bytes, parse_sizes
+from benchmarks._harness import format_bytes, mpiexec_command, parse_sizes
 
 __all__ = ["count_maps", "trace", "main", "TUNED", "MARK"]
 
@@ -117,8 +117,7 @@ def main(argv=None):
         return _worker(*args.worker)
     if shutil.which("strace") is None:
         sys.exit("benchmarks.malloc_trace needs strace (Debian: apt-get install strace)")
-    bindir = Path(sys.executable).parent
-    mpiexec = str(bindir / "mpiexec") if (bindir / "mpiexec").exists() else "mpiexec"
+    mpiexec = mpiexec_command()
     lines = [f"*MPI's own Allreduce, {args.ranks} ranks, float32, in place: mmap + munmap "
              f"calls of at least the message size per call and rank, over {args.calls} "
              "steady calls (strace)*", "",
