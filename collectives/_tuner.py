@@ -59,9 +59,11 @@ TRIALS = 3
 #: rank 0's times alternate (AMD Zen 4 VM, 1 MiB, 4 ranks on 2 cores: "shm"
 #: 388, 580, 395, 596, 380, 593 ... us), so the median of an odd number
 #: of them jumped between the low and the high time on every call, and
-#: "cma", steady at 480, took over and gave back the best in turns: "auto"
-#: took 1.07x the time of either.  Of six, the middle two are one low
-#: and one high time, and two slow calls still do not count.
+#: "cma", steady at 480, took over and gave back the best in turns (one
+#: traced launch: "auto" 585 us a call, "shm" 501, "cma" 575).  Of six,
+#: the middle two are one low and one high time, and two slow calls still
+#: do not count.  (On the machine, against five, within the noise:
+#: BENCHMARKS.md, "AMD Zen 4 run, stop 21".)
 KEEP = 6
 #: A timed call this much shorter than every kept time of its candidate
 #: supersedes them: they were warming up, as at the first size a process
