@@ -62,6 +62,12 @@ def test_float16_decode_encode_every_bit_pattern():
     finite = ~np.isnan(values)
     np.testing.assert_array_equal(roundtrip[finite], bits[finite])
     assert np.isnan(roundtrip.view(np.float16)[~finite]).all()
+    # Every pattern through a kernel (decode, add -0.0 exactly, encode):
+    # the table lookups that replaced math.ldexp, for every exponent.
+    got = bits.copy()
+    K.sum_into_f16(got, np.full(bits.size, 0x8000, np.uint16))
+    np.testing.assert_array_equal(got[finite], bits[finite])
+    assert (got[~finite] == 0x7E00).all()
 
 
 @pytest.mark.parametrize("op", sorted(UFUNCS))
