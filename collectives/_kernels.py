@@ -112,8 +112,9 @@ def f16_to_f64(h):
     exp = (h >> 10) & 0x1F
     mant = h & 0x3FF
     if exp == 31:
-        value = np.inf if mant == 0 else np.nan
-        return -value if h & 0x8000 and mant == 0 else value
+        if mant:
+            return np.nan
+        return -np.inf if h & 0x8000 else np.inf
     value = (mant + (1024.0 if exp else 0.0)) * _F16_ULP[exp]
     return -value if h & 0x8000 else value
 
