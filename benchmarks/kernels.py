@@ -36,6 +36,9 @@ __all__ = ["kernel_rows", "stream_rows", "STREAM", "main"]
 
 _NUMPY = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _KERNELS = {"sum": K.sum_into, "prod": K.prod_into, "min": K.min_into, "max": K.max_into}
+#: float16's kernels, on the arrays' uint16 bit patterns (see collectives._kernels).
+_F16_KERNELS = {"sum": K.sum_into_f16, "prod": K.prod_into_f16, "min": K.min_into_f16,
+                "max": K.max_into_f16}
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
@@ -110,15 +113,23 @@ def kernel_rows(nbytes, dtype, repeats, *, stream_add):
     reset = lambda: np.copyto(dst, dst0)  # noqa: E731
     rows = []
     for op, ufunc in _NUMPY.items():
-        kernel = _KERNELS[op]
-        kernel(dst, src)  # warm: loads this dtype's signature (collectives._compile)
+        kernel = _kernel_call(op, dst, src)
+        kernel()  # warm: loads this dtype's signature (collectives._compile)
         numba_s, numpy_s, add_s = _median_seconds(
-            [lambda: kernel(dst, src), lambda: ufunc(dst, src, out=dst), _add_here(dst, src)],
-            reset, repeats)
+            [kernel, lambda: ufunc(dst, src, out=dst), _add_here(dst, src)], reset, repeats)
         rows.append(_kernel_row(op, dtype, nbytes, numba_s, numpy_s, stream_add, add_s))
     if np.dtype(dtype).kind == "f":
         rows.append(_avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add))
     return rows
+
+
+def _kernel_call(op, dst, src):
+    # The library's `dst op= src` for these arrays, as a call of no arguments.
+    if dst.dtype == np.float16:
+        kernel, d, s = _F16_KERNELS[op], dst.view(np.uint16), src.view(np.uint16)
+        return lambda: kernel(d, s)
+    kernel = _KERNELS[op]
+    return lambda: kernel(dst, src)
 
 
 def _add_here(dst, src):
@@ -134,10 +145,14 @@ def _avg_row(dst, dst0, src, dtype, nbytes, repeats, stream_add):
         np.divide(dst, 3, out=dst)
 
     reset = lambda: np.copyto(dst, dst0)  # noqa: E731
-    three = dst.dtype.type(3)  # the kernel's scalar type: no conversion on its slow path
+    if dst.dtype == np.float16:  # bit patterns, a float64 divisor
+        d, s = dst.view(np.uint16), src.view(np.uint16)
+        fused = lambda: K.sum_div_into_f16(d, s, 3.0)  # noqa: E731
+    else:
+        three = dst.dtype.type(3)  # the kernel's scalar type: no conversion on its slow path
+        fused = lambda: K.sum_div_into(dst, src, three)  # noqa: E731
     numba_s, numpy_s, add_s = _median_seconds(
-        [lambda: K.sum_div_into(dst, src, three), numpy_avg, _add_here(dst, src)], reset,
-        repeats)
+        [fused, numpy_avg, _add_here(dst, src)], reset, repeats)
     return _kernel_row("avg-last", dtype, nbytes, numba_s, numpy_s, stream_add, add_s)
 
 
@@ -173,7 +188,7 @@ def _parse(argv):
     parser.add_argument("-s", "--size", default="64M",
                         help="bytes per array (default 64M)")
     parser.add_argument("-d", "--dtypes", default="float32",
-                        help="comma-separated dtypes, or 'all' (default float32)")
+                        help="comma-separated dtypes (float16 too), or 'all' (default float32)")
     parser.add_argument("-r", "--repeats", type=int, default=11,
                         help="runs per measurement; the median is shown (default 11)")
     parser.add_argument("--json", metavar="FILE", help="write rows and metadata as JSON")

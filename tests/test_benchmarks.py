@@ -184,12 +184,14 @@ def test_kernel_micro_benchmark(tmp_path):
     out = tmp_path / "k.json"
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "-s", "1M", "-r", "3",
-                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+                           "-d", "float32,float16", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
     kernels = [r for r in data["rows"] if r["table"] == "kernels"]
-    assert {r["op"] for r in kernels} == {"sum", "prod", "min", "max", "avg-last"}
+    for dtype in ("float32", "float16"):  # float16 on its bit-pattern kernels
+        assert {r["op"] for r in kernels if r["dtype"] == dtype} == {
+            "sum", "prod", "min", "max", "avg-last"}
     assert all(r["numba_ms"] > 0 and r["numpy_ms"] > 0 and r["of_add_here"] > 0 for r in kernels)
     assert {r["kernel"] for r in data["rows"] if r["table"] == "stream"} >= {"add numpy"}
 
