@@ -4,9 +4,14 @@ Timing follows the OSU micro-benchmarks: warm-up calls, a ``Barrier``, then
 ``iters`` calls between two ``MPI.Wtime`` readings; the time per call on
 each rank is gathered, and a row reports its average, minimum and maximum
 over ranks.  Bandwidths use the maximum (the slowest rank finishes the
-collective).
+collective).  Before each block the objects made so far are frozen out of
+Python's garbage collector (``gc.freeze``): a full collection walks every
+object that numba, numpy and mpi4py made at import; it took 60 ms once in
+each run of ``benchmarks.collectives`` (AMD EPYC VM, 2 ranks), after the
+header was printed, where a block of small calls takes under 1 ms.
 """
 
+import gc
 import os
 import platform
 import re
@@ -19,7 +24,7 @@ from mpi4py import MPI
 
 __all__ = [
     "parse_size", "parse_sizes", "iterations", "time_block", "rank_stats",
-    "median_stats", "machine_info", "format_bytes", "count_argument", "mpiexec_command",
+    "median_stats", "machine_info", "format_bytes", "count_argument",
 ]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -59,12 +64,6 @@ def iterations(nbytes, count, *, floor=MIN_ITERS):
     return max(floor, count * LARGE // nbytes)
 
 
-def mpiexec_command():
-    """The ``mpiexec`` next to this Python (the mpich wheel's in a venv), else the one on PATH."""
-    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return local if os.path.exists(local) else "mpiexec"
-
-
 def count_argument(argv, default):
     """Return the one optional positional count of a probe (``sys.argv`` when None)."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -73,6 +72,7 @@ def count_argument(argv, default):
 
 def time_block(run, comm, warmup, iters):
     """Return this rank's seconds per call of ``run()`` over ``iters`` calls."""
+    gc.freeze()  # see the module's docstring
     for _ in range(warmup):
         run()
     comm.Barrier()

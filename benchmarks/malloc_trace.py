@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._harness import format_bytes, mpiexec_command, parse_sizes
+from benchmarks._harness import format_bytes, parse_sizes
+from benchmarks._launch import mpiexec_command
 
 __all__ = ["count_maps", "trace", "main", "TUNED", "MARK"]
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._launch import mpiexec_command
+
 ROOT = Path(__file__).resolve().parent.parent
 OPTIMIZERS = (
     ("sync", ["--optimizer", "sync"]),
@@ -69,9 +71,7 @@ def run_job(args, options, seed):
     """Run the training job once; return its JSON summary."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
-        mpiexec = Path(sys.executable).parent / "mpiexec"
-        cmd = ["timeout", "-k", "5", str(args.timeout),
-               str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(args.ranks),
+        cmd = ["timeout", "-k", "5", str(args.timeout), mpiexec_command(), "-n", str(args.ranks),
                sys.executable, "-m", "mpi4py", "-m", "optim.train",
                "--epochs", str(args.epochs), "--target", str(args.target),
                "--seed", str(seed), "--json", str(out), *args.train_options.split(),

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from launch import rank_of, rank_pids  # noqa: E402  (the test helpers)
+from launch import mpiexec, rank_of, rank_pids  # noqa: E402  (the test helpers)
 
 __all__ = ["main"]
 
@@ -86,19 +86,13 @@ def _fmt(seconds):
 
 # ---------------------------------------------------------------- launching
 
-def _mpiexec():
-    # The mpiexec next to this Python (the mpich wheel's), else on PATH.
-    local = Path(sys.executable).parent / "mpiexec"
-    return str(local) if local.exists() else "mpiexec"
-
-
 def _env(**extra):
     return dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
 
 
 def _run(args, *, limit=120, env=None, nranks=RANKS):
     # Run `python -m mpi4py ARGS` to the end; return (status, stdout, stderr, seconds).
-    cmd = ["timeout", "-k", "5", str(limit), _mpiexec(), "-n", str(nranks),
+    cmd = ["timeout", "-k", "5", str(limit), mpiexec(), "-n", str(nranks),
            sys.executable, "-m", "mpi4py", *args]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True,
@@ -128,7 +122,7 @@ class _Background:
 
 def _start_training(extra, log):
     # A slowed 4-rank training job (rank 2 computes 40x slower).
-    cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, "-m", "mpi4py", *JOB,
+    cmd = [mpiexec(), "-n", str(RANKS), sys.executable, "-m", "mpi4py", *JOB,
            *extra, *SLOW]
     return _Background(cmd, log)
 
@@ -279,7 +273,7 @@ def kill_survivors(tmp, repeat, *, ignore_usr1=True):
         directory = Path(tmp, f"survivors{i}-{ignore_usr1}")
         directory.mkdir()
         shell = _survivor_command(["trap '' USR1;"] if ignore_usr1 else [], directory)
-        cmd = [_mpiexec(), "-disable-auto-cleanup", "-n", str(RANKS), "sh", "-c", shell]
+        cmd = [mpiexec(), "-disable-auto-cleanup", "-n", str(RANKS), "sh", "-c", shell]
         job = _Background(cmd, directory / "log", env=env, limit=90)
         _wait_until(lambda: _checkpoint_steps(directory))
         victim = (i + 1) % RANKS
@@ -399,7 +393,7 @@ def kill_partial(tmp, repeat):
     for i in range(repeat):
         directory = Path(tmp, f"partial{i}")
         directory.mkdir()
-        cmd = [_mpiexec(), "-n", str(RANKS), sys.executable, "-m", "mpi4py", "-m",
+        cmd = [mpiexec(), "-n", str(RANKS), sys.executable, "-m", "mpi4py", "-m",
                "optim.train", "--optimizer", "partial", "--group-size", "2", "--epochs",
                "200", "--hidden", "64", "--json", str(directory / "summary.json"), *SLOW]
         job = _Background(cmd, directory / "log")
@@ -615,7 +609,7 @@ def _stuck_frames(text):
 def finalize_after_death():
     """A rank dies after the work while the others are in MPI_Finalize."""
     limit = 8
-    cmd = ["timeout", "-k", "5", str(limit), _mpiexec(), "-disable-auto-cleanup", "-n",
+    cmd = ["timeout", "-k", "5", str(limit), mpiexec(), "-disable-auto-cleanup", "-n",
            str(RANKS), "sh", "-c", f"trap '' USR1; {sys.executable} -m mpi4py "
            f"{Path(__file__).resolve()} --worker finalize"]
     t0 = time.monotonic()
