@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._compile import kernel
-from collectives._kernels import f16_to_f64, f64_to_f16
+from collectives._kernels import add_f16, f16_to_f64, f16_value, f64_to_f16, mul_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
@@ -184,17 +184,16 @@ def _as_item_overload(value, array):
 
 def _pair_f16(out, lo, hi, code, divisor):
     for i in range(out.size):
-        a, b = f16_to_f64(lo[i]), f16_to_f64(hi[i])
         if code == SUM:
-            out[i] = f64_to_f16(a + b)
+            out[i] = add_f16(lo[i], hi[i])
         elif code == PROD:
-            out[i] = f64_to_f16(a * b)
-        elif code == MIN:
-            out[i] = lo[i] if (a < b or a != a) else hi[i]
-        elif code == MAX:
-            out[i] = lo[i] if (a > b or a != a) else hi[i]
+            out[i] = mul_f16(lo[i], hi[i])
+        elif code == SUM_DIV:
+            out[i] = f64_to_f16((f16_to_f64(lo[i]) + f16_to_f64(hi[i])) / divisor)
         else:
-            out[i] = f64_to_f16((a + b) / divisor)
+            a, b = f16_value(lo[i]), f16_value(hi[i])
+            keep = (a < b or a != a) if code == MIN else (a > b or a != a)
+            out[i] = lo[i] if keep else hi[i]
 
 
 @overload(_pair, jit_options=dict(nogil=True))
