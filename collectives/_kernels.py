@@ -242,6 +242,13 @@ def prod_into_f16(dst, src):
         dst[i] = mul_f16(dst[i], src[i])
 
 
+@nb.njit(inline="always")
+def _pick_f16(d, s, smaller):
+    # d where it is NaN, or where it beats s (smaller, or larger); else s.
+    a, b = f16_value(d), f16_value(s)
+    return d if ((a < b) if smaller else (a > b)) | (a != a) else s
+
+
 @kernel([nb.void(_U16, _U16)], nogil=True)
 def min_into_f16(dst, src):
     """Dst = min(dst, src) on float16 bit patterns: NaNs as numpy.minimum, src on a tie.
@@ -250,18 +257,14 @@ def min_into_f16(dst, src):
     float16 NumPy returns the first of the two.)
     """
     for i in range(dst.size):
-        d, s = dst[i], src[i]
-        a, b = f16_value(d), f16_value(s)
-        dst[i] = d if (a < b) | (a != a) else s
+        dst[i] = _pick_f16(dst[i], src[i], True)
 
 
 @kernel([nb.void(_U16, _U16)], nogil=True)
 def max_into_f16(dst, src):
     """Dst = max(dst, src) on float16 bit patterns: NaNs as numpy.maximum, src on a tie."""
     for i in range(dst.size):
-        d, s = dst[i], src[i]
-        a, b = f16_value(d), f16_value(s)
-        dst[i] = d if (a > b) | (a != a) else s
+        dst[i] = _pick_f16(dst[i], src[i], False)
 
 
 @kernel([nb.void(_U16, _U16, nb.float64)], nogil=True)
