@@ -41,6 +41,19 @@ def _jit(types, nargs, *, scalar=False):
     return kernel(sigs, nogil=True, boundscheck=False)
 
 
+@intrinsic
+def _frozen(typingctx, x):
+    """``x`` behind LLVM's ``freeze``: the same value, but not seen as a load."""
+    if not isinstance(x, (types.Integer, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        freeze = ir.instructions.Instruction(builder.block, args[0].type, "freeze", [args[0]])
+        builder._insert(freeze)  # llvmlite's IRBuilder has no freeze of its own
+        return freeze
+    return x(x), codegen
+
+
 # ---------------------------------------------------------------- native ---
 
 @_jit(_TYPES, 2)
@@ -66,8 +79,13 @@ def min_into(dst, src):
     # against NumPy's 3.3).  "d < s ? d : s" is one vminps (s on ties, so
     # min(-0.0, 0.0) is 0.0 as in NumPy); a NaN in d then comes back as
     # d + s, which is d's NaN (x86 and Arm return the first NaN operand).
+    # For integers d == d is known true, and without AVX-512's vpminsq an
+    # int64 min is a select again: d passes through _frozen, which LLVM
+    # does not trace back to the load, so it blends and stores whole
+    # vectors (AMD Zen 3 VM, 64 MiB int64: 9.6 ms against NumPy's 7.8 with
+    # vpmaskmovq).
     for i in range(dst.size):
-        d, s = dst[i], src[i]
+        d, s = _frozen(dst[i]), src[i]
         m = d if d < s else s
         dst[i] = m if d == d else d + s
 
@@ -75,8 +93,8 @@ def min_into(dst, src):
 @_jit(_TYPES, 2)
 def max_into(dst, src):
     """Dst = max(dst, src), NaN and signed zeros exactly as numpy.maximum."""
-    for i in range(dst.size):  # written as min_into is, for the same reason
-        d, s = dst[i], src[i]
+    for i in range(dst.size):  # written as min_into is, for the same reasons
+        d, s = _frozen(dst[i]), src[i]
         m = d if d > s else s
         dst[i] = m if d == d else d + s
 
