@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._compile import kernel
-from collectives._kernels import add_f16, f16_to_f64, f16_value, f64_to_f16, mul_f16
+from collectives._kernels import add_f16, f16_to_f64, f16_value, f64_to_f16, frozen, mul_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
@@ -157,12 +157,14 @@ def _prod(a, b, d):
 
 @nb.njit(**_INLINE)
 def _min(a, b, d):  # as numpy.minimum: NaN wins, lo first; why so: _kernels.min_into
+    a, b = frozen(a), frozen(b)  # either may be the loaded value of out
     m = a if a < b else b
     return m if a == a else a + b
 
 
 @nb.njit(**_INLINE)
 def _max(a, b, d):
+    a, b = frozen(a), frozen(b)
     m = a if a > b else b
     return m if a == a else a + b
 
