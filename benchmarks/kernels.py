@@ -201,7 +201,7 @@ def main(argv=None):
     from mpi4py import MPI
 
     nbytes = parse_size(args.size)
-    dtypes = ("float32", "float64", "int32", "int64") if args.dtypes == "all" \
+    dtypes = ("float32", "float64", "int32", "int64", "float16") if args.dtypes == "all" \
         else args.dtypes.split(",")
     meta = dict(machine_info(MPI.COMM_SELF), command="python -m benchmarks.kernels",
                 size=nbytes, repeats=args.repeats)

@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._compile import kernel
-from collectives._kernels import add_f16, f16_to_f64, f16_value, f64_to_f16, frozen, mul_f16
+from collectives._kernels import add_f16, f16_value, frozen, mul_f16, round_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
@@ -191,7 +191,8 @@ def _pair_f16(out, lo, hi, code, divisor):
         elif code == PROD:
             out[i] = mul_f16(lo[i], hi[i])
         elif code == SUM_DIV:
-            out[i] = f64_to_f16((f16_to_f64(lo[i]) + f16_to_f64(hi[i])) / divisor)
+            total = np.float64(f16_value(lo[i])) + np.float64(f16_value(hi[i]))  # exact
+            out[i] = round_f16(total / divisor)
         else:
             a, b = f16_value(lo[i]), f16_value(hi[i])
             keep = (a < b or a != a) if code == MIN else (a > b or a != a)

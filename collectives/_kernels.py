@@ -27,7 +27,7 @@ __all__ = [
     "div_inplace",
     "sum_into_f16", "prod_into_f16", "min_into_f16", "max_into_f16",
     "sum_div_into_f16", "div_inplace_f16",
-    "f16_to_f64", "f64_to_f16", "add_f16", "mul_f16", "f16_value",
+    "f16_to_f64", "f64_to_f16", "add_f16", "mul_f16", "f16_value", "round_f16",
     "NATIVE_HALF", "frozen",
 ]
 
@@ -115,22 +115,19 @@ def div_inplace(dst, divisor):
 
 # --------------------------------------------------------------- float16 ---
 
-@intrinsic
-def _f64_bits(typingctx, x):
-    """The bits of a float64 as an int64 (no conversion: a register move)."""
-    if x != types.float64:
-        return None
-    return types.int64(types.float64), lambda context, builder, sig, args: builder.bitcast(
-        args[0], ir.IntType(64))
+def _bitcast(source, target):
+    """An intrinsic that reads a ``source`` value's bits as a ``target`` (same width)."""
+    @intrinsic
+    def bitcast(typingctx, x):
+        if x != source:
+            return None
+        return target(source), lambda context, builder, sig, args: builder.bitcast(
+            args[0], context.get_value_type(target))
+    return bitcast
 
 
-@intrinsic
-def _bits_f64(typingctx, b):
-    """The float64 whose bits are the int64 ``b``."""
-    if b != types.int64:
-        return None
-    return types.float64(types.int64), lambda context, builder, sig, args: builder.bitcast(
-        args[0], ir.DoubleType())
+_f64_bits, _bits_f64 = _bitcast(types.float64, types.int64), _bitcast(types.int64, types.float64)
+_f32_bits, _bits_f32 = _bitcast(types.float32, types.int32), _bitcast(types.int32, types.float32)
 
 
 # Both conversions work on the bits, with no branch, no table and no
@@ -237,10 +234,26 @@ def _mul_f16_exact(a, b):
     return f64_to_f16(f16_to_f64(a) * f16_to_f64(b))
 
 
+@nb.njit(inline="always")
+def _round_f16_half(x):
+    # Float64 to float16 through float32: rounded to odd in float32 (toward
+    # zero, then the last bit set if inexact), then to nearest even by
+    # vcvtps2ph.  Rounding to odd with at least 2 more bits, then to
+    # nearest, is rounding once (Boldo and Melquiond, IEEE TC 2008); 24 >=
+    # 11 + 2.  Checked: 40 M values at ten scales, every midpoint and its
+    # neighbours, and all 2**32 sums of two patterns over 2, 3, 5 and 7.
+    r = np.float32(x)
+    back = np.float64(r)
+    bits = (_f32_bits(r) - np.int32(abs(back) > abs(x))) | np.int32(back != x)
+    return _f32_to_f16(_bits_f32(np.int32(bits)))
+
+
 add_f16 = _add_f16_half if NATIVE_HALF else _add_f16_exact
 mul_f16 = _mul_f16_half if NATIVE_HALF else _mul_f16_exact
 #: The value of float16 bits, exactly (float32 or float64), for comparisons.
 f16_value = _f16_to_f32 if NATIVE_HALF else f16_to_f64
+#: Float64 to the nearest float16's bits, as ``f64_to_f16``, in fewer steps.
+round_f16 = _round_f16_half if NATIVE_HALF else f64_to_f16
 
 
 _U16 = nb.uint16[::1]
@@ -289,11 +302,12 @@ def max_into_f16(dst, src):
 def sum_div_into_f16(dst, src, divisor):
     """Dst = (dst + src) / divisor on float16 bits, rounded once."""
     for i in range(dst.size):
-        dst[i] = f64_to_f16((f16_to_f64(dst[i]) + f16_to_f64(src[i])) / divisor)
+        total = np.float64(f16_value(dst[i])) + np.float64(f16_value(src[i]))  # exact
+        dst[i] = round_f16(total / divisor)
 
 
 @kernel([nb.void(_U16, nb.float64)], nogil=True)
 def div_inplace_f16(dst, divisor):
     """Dst /= divisor on float16 bit patterns."""
     for i in range(dst.size):
-        dst[i] = f64_to_f16(f16_to_f64(dst[i]) / divisor)
+        dst[i] = round_f16(np.float64(f16_value(dst[i])) / divisor)

@@ -101,6 +101,34 @@ def test_float16_sum_and_product_through_float32_equal_the_exact_ones():
             want = ufunc(wide_a, wide_b).astype(np.float16).view(np.uint16)
         np.testing.assert_array_equal(exact[~nan], want[~nan])
 
+@nb.njit
+def _rounded_both_ways(x):
+    out = np.empty((2, x.size), np.uint16)
+    for i in range(x.size):
+        out[0, i], out[1, i] = K.round_f16(x[i]), K.f64_to_f16(x[i])
+    return out
+
+
+def test_float16_rounding_through_float32_equals_the_exact_one():
+    # round_f16 (round to odd in float32, then to nearest, where
+    # K.NATIVE_HALF) against f64_to_f16 on the bits: every midpoint and its
+    # neighbours, random values at every scale, averages of pattern pairs.
+    rng = np.random.default_rng(11)
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float64)
+    finite = np.unique(values[np.isfinite(values)])
+    mid = (finite[:-1] + finite[1:]) / 2
+    pairs = rng.choice(values, (2, 1 << 20))
+    with np.errstate(invalid="ignore"):  # inf - inf, NaN: kept, as NaN
+        x = np.concatenate([mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf),
+                            (pairs[0] + pairs[1]) / 3, values / 7,
+                            *(rng.standard_normal(1 << 16) * 10.0 ** e for e in range(-12, 42, 3)),
+                            [5e-324, 3.4e38, 3.5e38, 1e300, np.inf, -np.inf, np.nan]])
+    fast, exact = _rounded_both_ways(x)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(fast[~nan], exact[~nan])
+    assert np.isnan(fast[nan].view(np.float16)).all()
+
+
 
 def test_float16_encode_rounds_every_midpoint_to_even():
     # The encoder rounds on the bits: each midpoint between two float16
