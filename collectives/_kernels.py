@@ -155,7 +155,7 @@ def f16_to_f64(h):
 @kernel([nb.uint16(nb.float64)], nogil=True, inline="always")
 def f64_to_f16(x):
     """Round to the nearest float16 (ties to even) and return its bits (NaN: 0x7E00)."""
-    b = _f64_bits(x)
+    b = _f64_bits(np.float64(x))  # inlined, x keeps its caller's type (float32 too)
     sign = (b >> 48) & 0x8000
     a = b & 0x7FFFFFFFFFFFFFFF  # |x|'s bits, ordered as |x|
     # Normal: keep the top 10 of 52 significand bits and round on the other
