@@ -17,15 +17,25 @@ anything else is a ``TypeError``, as before, never a compile.
 :func:`precompile` fills the cache with every listed signature once, at
 install time (``scripts/_venv.sh``), so that no rank compiles a kernel
 while its peers wait.
+
+Numba keys a cached kernel on its own file's time and size only, but the
+kernels inline helpers from other modules (``_kernels``' float16
+conversions into ``_codec_kernels``, say): after an edit there, a kernel
+of an unchanged module would load its old machine code.  Here that hid a
+kernel that no longer compiled until a fresh clone's CI failed.  So each
+kernel's cache is keyed on every module of this package and of its own
+(:func:`sources_stamp`): an edit to any recompiles them all.
 """
 
+import functools
 import importlib
 import sys
+from pathlib import Path
 
 import numba as nb
 from numba.core.registry import CPUDispatcher
 
-__all__ = ["kernel", "precompile"]
+__all__ = ["kernel", "precompile", "sources_stamp"]
 
 
 class _Kernel(CPUDispatcher):
@@ -54,9 +64,20 @@ def kernel(signatures, **options):
         dispatcher = _Kernel(py_func=func, locals={},
                              targetoptions=dict(options, nopython=True))
         dispatcher.enable_caching()
+        index = getattr(dispatcher._cache, "_cache_file", None)  # numba's, private
+        if index is not None and hasattr(index, "_source_stamp"):
+            folders = dict.fromkeys((Path(__file__).parent, Path(func.__code__.co_filename).parent))
+            index._source_stamp = sources_stamp(*folders)
         dispatcher.listed = tuple(signatures)
         return dispatcher
     return wrap
+
+
+@functools.cache
+def sources_stamp(*folders):
+    """The newest modification time and the total size of the ``.py`` files in ``folders``."""
+    stats = [path.stat() for folder in folders for path in sorted(Path(folder).glob("*.py"))]
+    return max((st.st_mtime for st in stats), default=0.0), sum(st.st_size for st in stats)
 
 
 def precompile(packages):

@@ -2,13 +2,14 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numba as nb
 import numpy as np
 import pytest
 
 from collectives import _kernels as K
-from collectives._compile import kernel, precompile
+from collectives._compile import kernel, precompile, sources_stamp
 
 
 def _scale(dst, factor):
@@ -62,3 +63,15 @@ def test_import_loads_no_kernel():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_a_cached_kernel_is_keyed_on_every_module_of_the_package(tmp_path):
+    # An edit to any module that a kernel may inline from invalidates its
+    # cache, not only an edit to the kernel's own file.
+    folder = Path(K.__file__).parent
+    assert K.sum_into._cache._cache_file._source_stamp == sources_stamp(folder)
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    before = sources_stamp.__wrapped__(tmp_path)  # not the memoised value
+    (tmp_path / "b.py").write_text("x = 22\n")
+    assert sources_stamp.__wrapped__(tmp_path) != before
