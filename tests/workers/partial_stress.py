@@ -43,12 +43,22 @@ def run(comm, options):
 
 
 def check_slow_rank(groups, slow, group_size):
-    """While enough ranks are left, the slow rank is grouped with others."""
+    """While enough ranks are left, the slow rank is grouped with others.
+
+    Left: up to the first "shutdown" group, and while at least
+    ``group_size`` ranks still have a group to come (the others may all
+    have made their last call before the slow rank's next one, which then
+    forms alone, as a "sync" group too when one is due).
+    """
     ordered = [groups[s] for s in sorted(groups)]
     ends = [s for s, g in enumerate(ordered)
             if next(iter(g.values())).reason == "shutdown"]
     end = ends[0] if ends else len(ordered)
-    mixed = [g for g in ordered[:end] if slow in g]
+    last = {}  # rank -> the index of its last group
+    for index, group in enumerate(ordered):
+        last.update(dict.fromkeys(group, index))
+    mixed = [g for index, g in enumerate(ordered[:end]) if slow in g
+             and sum(at >= index for at in last.values()) >= group_size]
     assert mixed, f"rank {slow} made no call before the first shutdown group {end}"
     sizes = [len(g) for g in mixed]
     assert min(sizes) >= min(2, group_size), (slow, sizes)
