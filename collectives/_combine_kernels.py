@@ -22,7 +22,7 @@ from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._compile import kernel
-from collectives._kernels import add_f16, f16_value, frozen, mul_f16, round_f16
+from collectives._kernels import add_f16, avg_f16, frozen, mul_f16, pick_f16
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
@@ -191,12 +191,9 @@ def _pair_f16(out, lo, hi, code, divisor):
         elif code == PROD:
             out[i] = mul_f16(lo[i], hi[i])
         elif code == SUM_DIV:
-            total = np.float64(f16_value(lo[i])) + np.float64(f16_value(hi[i]))  # exact
-            out[i] = round_f16(total / divisor)
+            out[i] = avg_f16(lo[i], hi[i], divisor)
         else:
-            a, b = f16_value(lo[i]), f16_value(hi[i])
-            keep = (a < b or a != a) if code == MIN else (a > b or a != a)
-            out[i] = lo[i] if keep else hi[i]
+            out[i] = pick_f16(lo[i], hi[i], code == MIN)
 
 
 @overload(_pair, jit_options=dict(nogil=True))

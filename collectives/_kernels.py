@@ -27,8 +27,8 @@ __all__ = [
     "div_inplace",
     "sum_into_f16", "prod_into_f16", "min_into_f16", "max_into_f16",
     "sum_div_into_f16", "div_inplace_f16",
-    "f16_to_f64", "f64_to_f16", "add_f16", "mul_f16", "f16_value", "round_f16",
-    "NATIVE_HALF", "frozen",
+    "f16_to_f64", "f64_to_f16", "add_f16", "mul_f16", "avg_f16", "pick_f16", "f16_value",
+    "round_f16", "NATIVE_HALF", "frozen",
 ]
 
 _TYPES = (nb.float32, nb.float64, nb.int32, nb.int64)
@@ -204,36 +204,6 @@ def _f32_to_f16(typingctx, x):
         builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
 
 
-# The sum and the product of two float16 values, correctly rounded.  In
-# float32 when the machine converts in one instruction: rounding first to
-# float32 and then to float16 is then the same as rounding once, since
-# float32's 24 bits are at least 2 * 11 + 2 (Figueroa, "When is double
-# rounding innocuous?", 1995); checked for all 2**32 pairs of patterns
-# (equal bits; NaN stays NaN, its payload may differ).  8 M elements, AMD
-# EPYC Zen 3 VM: sum 26 ms through float64, 1.9 ms through float32; min
-# 6.2 and 2.1.  Not the average's division: its operand, the sum, would
-# already be rounded.
-
-@nb.njit(inline="always")
-def _add_f16_half(a, b):
-    return _f32_to_f16(_f16_to_f32(a) + _f16_to_f32(b))
-
-
-@nb.njit(inline="always")
-def _mul_f16_half(a, b):
-    return _f32_to_f16(_f16_to_f32(a) * _f16_to_f32(b))
-
-
-@nb.njit(inline="always")
-def _add_f16_exact(a, b):
-    return f64_to_f16(f16_to_f64(a) + f16_to_f64(b))
-
-
-@nb.njit(inline="always")
-def _mul_f16_exact(a, b):
-    return f64_to_f16(f16_to_f64(a) * f16_to_f64(b))
-
-
 @nb.njit(inline="always")
 def _round_f16_half(x):
     # Float64 to float16 through float32: rounded to odd in float32 (toward
@@ -248,12 +218,47 @@ def _round_f16_half(x):
     return _f32_to_f16(_bits_f32(np.int32(bits)))
 
 
-add_f16 = _add_f16_half if NATIVE_HALF else _add_f16_exact
-mul_f16 = _mul_f16_half if NATIVE_HALF else _mul_f16_exact
-#: The value of float16 bits, exactly (float32 or float64), for comparisons.
+#: The value of float16 bits, exactly (float32 or float64).
 f16_value = _f16_to_f32 if NATIVE_HALF else f16_to_f64
 #: Float64 to the nearest float16's bits, as ``f64_to_f16``, in fewer steps.
 round_f16 = _round_f16_half if NATIVE_HALF else f64_to_f16
+#: ``f16_value``'s type back to float16 bits (from float32: one rounding).
+_narrow_f16 = _f32_to_f16 if NATIVE_HALF else f64_to_f16
+
+
+# The sum and the product of two float16 values, correctly rounded.  In
+# float32 when the machine converts in one instruction: rounding first to
+# float32 and then to float16 is then the same as rounding once, since
+# float32's 24 bits are at least 2 * 11 + 2 (Figueroa, "When is double
+# rounding innocuous?", 1995); checked for all 2**32 pairs of patterns
+# (equal bits; NaN stays NaN, its payload may differ).  8 M elements, AMD
+# EPYC Zen 3 VM: sum 26 ms through float64, 1.9 ms through float32; min
+# 6.2 and 2.1.  Not the average's division: its operand, the sum, would
+# already be rounded.
+
+@nb.njit(inline="always")
+def add_f16(a, b):
+    """The float16 bits of a + b, rounded once."""
+    return _narrow_f16(f16_value(a) + f16_value(b))
+
+
+@nb.njit(inline="always")
+def mul_f16(a, b):
+    """The float16 bits of a * b, rounded once."""
+    return _narrow_f16(f16_value(a) * f16_value(b))
+
+
+@nb.njit(inline="always")
+def avg_f16(a, b, divisor):
+    """The float16 bits of (a + b) / divisor: the exact sum, then one float64 quotient."""
+    return round_f16((np.float64(f16_value(a)) + np.float64(f16_value(b))) / divisor)
+
+
+@nb.njit(inline="always")
+def pick_f16(d, s, smaller):
+    """D where it is NaN, or where it beats s (smaller, or larger); else s."""
+    a, b = f16_value(d), f16_value(s)
+    return d if ((a < b) if smaller else (a > b)) | (a != a) else s
 
 
 _U16 = nb.uint16[::1]
@@ -273,13 +278,6 @@ def prod_into_f16(dst, src):
         dst[i] = mul_f16(dst[i], src[i])
 
 
-@nb.njit(inline="always")
-def _pick_f16(d, s, smaller):
-    # d where it is NaN, or where it beats s (smaller, or larger); else s.
-    a, b = f16_value(d), f16_value(s)
-    return d if ((a < b) if smaller else (a > b)) | (a != a) else s
-
-
 @kernel([nb.void(_U16, _U16)], nogil=True)
 def min_into_f16(dst, src):
     """Dst = min(dst, src) on float16 bit patterns: NaNs as numpy.minimum, src on a tie.
@@ -288,22 +286,21 @@ def min_into_f16(dst, src):
     float16 NumPy returns the first of the two.)
     """
     for i in range(dst.size):
-        dst[i] = _pick_f16(dst[i], src[i], True)
+        dst[i] = pick_f16(dst[i], src[i], True)
 
 
 @kernel([nb.void(_U16, _U16)], nogil=True)
 def max_into_f16(dst, src):
     """Dst = max(dst, src) on float16 bit patterns: NaNs as numpy.maximum, src on a tie."""
     for i in range(dst.size):
-        dst[i] = _pick_f16(dst[i], src[i], False)
+        dst[i] = pick_f16(dst[i], src[i], False)
 
 
 @kernel([nb.void(_U16, _U16, nb.float64)], nogil=True)
 def sum_div_into_f16(dst, src, divisor):
     """Dst = (dst + src) / divisor on float16 bits, rounded once."""
     for i in range(dst.size):
-        total = np.float64(f16_value(dst[i])) + np.float64(f16_value(src[i]))  # exact
-        dst[i] = round_f16(total / divisor)
+        dst[i] = avg_f16(dst[i], src[i], divisor)
 
 
 @kernel([nb.void(_U16, nb.float64)], nogil=True)
