@@ -102,6 +102,23 @@ def test_float16_sum_and_product_through_float32_equal_the_exact_ones():
             want = ufunc(wide_a, wide_b).astype(np.float16).view(np.uint16)
         np.testing.assert_array_equal(exact[~nan], want[~nan])
 
+@pytest.mark.parametrize("op", ("min", "max"))
+def test_float16_min_max_on_the_bits_compare_the_values(op):
+    # Every pattern against 64 others of every magnitude and 2**20 random
+    # pairs: the kernel keeps dst's pattern where it is NaN or beats src's
+    # value (so src on a tie, -0.0 against 0.0 too), else src's.
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    rng = np.random.default_rng(12)
+    dst = np.concatenate([np.repeat(bits, 64), rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    src = np.concatenate([np.tile(bits[::1024], bits.size),
+                          rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    a, b = dst.view(np.float16).astype(np.float32), src.view(np.float16).astype(np.float32)
+    beats = (a < b) if op == "min" else (a > b)
+    want = np.where(beats | np.isnan(a), dst, src)
+    getattr(K, f"{op}_into_f16")(dst, src)
+    np.testing.assert_array_equal(dst, want)
+
+
 @nb.njit
 def _rounded_both_ways(x):
     out = np.empty((2, x.size), np.uint16)
