@@ -35,6 +35,8 @@ keep little state over the ones that keep it warm.
 
 Only rank 0's tuner decides: its choice travels in the agreement
 exchange that starts the call, so every rank runs the same algorithm.
+Every rank waits for rank 0's tuner between calls, so "auto" may time
+only one in ``sample`` calls of a steady best (``allreduce.TUNER_SAMPLE``).
 """
 
 from collections import deque
@@ -150,22 +152,29 @@ class Tuner:
         A candidate's smallest message size in bytes: it is not tried in a
         size bucket that starts below it (one that never wins there costs
         retries, and a near-tie hands over to it on noise).
+    sample : int
+        Time one in ``sample`` calls of a best that runs with nothing due
+        (the others count as calls, for the retries' schedule, untimed):
+        the tuner's own work is then off most calls, and a best that slows
+        down is noticed that many times later.  1: time every call.
 
     """
 
     def __init__(self, candidates, *, enabled=True, smallest=None, trials=TRIALS, keep=KEEP,
-                 explore_every=EXPLORE_EVERY, explore_share=EXPLORE_SHARE):
+                 explore_every=EXPLORE_EVERY, explore_share=EXPLORE_SHARE, sample=1):
         if len(candidates) < 1:
             raise ValueError("a tuner needs at least one candidate")
-        if trials < 1 or keep < trials or explore_every < 2 or not 0 < explore_share <= 1:
-            raise ValueError(f"need 1 <= trials <= keep, explore_every >= 2 and "
-                             f"0 < explore_share <= 1, got trials={trials}, keep={keep}, "
-                             f"explore_every={explore_every}, explore_share={explore_share}")
+        if (trials < 1 or keep < trials or explore_every < 2 or not 0 < explore_share <= 1
+                or sample < 1):
+            raise ValueError(f"need 1 <= trials <= keep, explore_every >= 2, "
+                             f"0 < explore_share <= 1 and sample >= 1, got trials={trials}, "
+                             f"keep={keep}, explore_every={explore_every}, "
+                             f"explore_share={explore_share}, sample={sample}")
         self.candidates = tuple(candidates)
         self.enabled = enabled
         self.smallest = [int((smallest or {}).get(name, 0)) for name in self.candidates]
         self.trials, self.keep, self.explore_every = trials, keep, explore_every
-        self.explore_share = explore_share
+        self.explore_share, self.sample = explore_share, sample
         self._sizes = {}  # bucket -> _Bucket
         self._live = list(range(len(self.candidates)))  # not dropped
 
@@ -220,6 +229,11 @@ class Tuner:
     def record(self, nbytes, index, seconds):
         """Note that candidate ``index`` took ``seconds`` for ``nbytes``."""
         bucket = self._bucket(nbytes)
+        if bucket.untimed and index == bucket.last:
+            bucket.untimed -= 1  # the best again, nothing due: counted, not timed (sample)
+            bucket.last_tried[index] = bucket.calls
+            bucket.calls += 1
+            return
         bucket.warming = bucket.last != index  # a switch: not timed
         bucket.streak = 0 if bucket.warming else bucket.streak + 1
         if not bucket.warming:
@@ -227,8 +241,10 @@ class Tuner:
             if (bucket.streak == 1 and best is not None and index != best
                     and seconds < _CONTENDER * bucket.typical[best]):
                 bucket.restart(index)  # a close retry decides on fresh times
+            before = bucket.typical[index]
             bucket.add(index, seconds)
-            self._settle(bucket)
+            if index != best or bucket.typical[index] > before:
+                self._settle(bucket)  # else nothing it compares has moved its way
             best = bucket.best
             if index == best and bucket.typical[index] > _SLOWED * bucket.checked_at:
                 bucket.next_check = 0  # the best slowed down: the others may be due
@@ -237,12 +253,14 @@ class Tuner:
             # times, not the stale ones that made it lose, nor one lucky call.
             bucket.run_on = len(bucket.times[index]) < self.trials or (
                 best is not None and index != best and seconds < bucket.typical[best])
-        if bucket.best is not None:
-            bucket.account(index, seconds)
+        if bucket.best is not None and (index != bucket.best or bucket.warming):
+            bucket.account(index, seconds)  # (the best's own timed calls cost nothing)
         bucket.last = index
         bucket.last_tried[index] = bucket.calls
         bucket.calls += 1
         bucket.chosen = index
+        steady = index == bucket.best and not bucket.warming and not bucket.run_on
+        bucket.untimed = self.sample - 1 if steady else 0
 
     def chosen(self, nbytes):
         """The candidate run last for ``nbytes`` (None before the first call)."""
@@ -306,6 +324,7 @@ class _Bucket:
         self.last_tried = [-1] * n
         self.calls = 0
         self.chosen = None
+        self.untimed = 0  # the best's calls to come that are not timed (Tuner's sample)
 
     def restart(self, index):
         # Drop the kept times; the typical time stays for TRIALS timed calls.

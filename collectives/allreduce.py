@@ -72,6 +72,16 @@ TUNE_MIN_BYTES = 1 << 20
 #: "cma" (collectives.single_copy: no copy into shared memory) is left out
 #: where the ranks may not read each other's memory.
 TUNED = ("shm", "shm-pipelined", "shm-streaming", "ring", "cma")
+#: The tuner times one in this many calls of a best that runs with nothing
+#: due (``Tuner``'s ``sample``).  Rank 0's ``propose`` and ``record`` took
+#: 1.5 and 7-8 us a call inside a 1 MiB all-reduce at 2 ranks (3 us
+#: together in a loop of their own: the call's data pushes the tuner's
+#: out of the caches), and every rank waits for them.  A/B in one process
+#: (AMD EPYC Zen 3 VM, two communicators, 10 launches of 10 rounds of 40
+#: calls): 2 ranks, 1 MiB, 225 -> 214 us a call (8 of 10 launches
+#: faster); 4 ranks, 1 MiB, 740 -> 729; 8 MiB, 7 rounds of 4 calls, 4
+#: ranks 4139 -> 3992, 2 ranks 999 -> 997.
+TUNER_SAMPLE = 4
 #: Candidates tried only from a size on (the tuner's ``smallest``): blocks
 #: only where "shm" itself would cut the buffer into them.  Up to 4 MiB one
 #: block was faster than 512 KiB blocks in every table at 2 and 4 ranks
@@ -343,7 +353,7 @@ def _new_tuner(candidates, smallest):
     # MPI_COLLECTIVES_TUNE=0 (read on rank 0, whose choice counts) keeps
     # the fixed thresholds (plain buffers) or plain stores (shared arrays).
     enabled = os.environ.get("MPI_COLLECTIVES_TUNE", "1").strip() != "0"
-    return Tuner(candidates, enabled=enabled, smallest=smallest)
+    return Tuner(candidates, enabled=enabled, smallest=smallest, sample=TUNER_SAMPLE)
 
 
 def auto_choice(comm, nbytes):

@@ -396,3 +396,22 @@ def test_a_best_that_lost_in_a_spell_is_rechecked_while_near_ties_take_turns():
     assert "cma" in picks[:RECHECK_FIRST + 1], picks
     picks = _run(tuner, MIB, {"cma": 1.0, "shm": 2.0, "streaming": 2.1}, 20)
     assert tuner.best(MIB) == "cma" and picks[-8:] == ["cma"] * 8, picks
+
+
+def test_a_steady_best_is_timed_on_one_call_in_sample():
+    # With sample=4, a best that runs with nothing due has only every fourth
+    # call timed; the retries keep their schedule in calls (the same picks
+    # as timing every call, where the times do not change), and a best that
+    # slows down for good still loses its place, a few calls later.
+    cost = {"shm": 1.0, "ring": 3.0}
+    sampled, every = (Tuner(("shm", "ring"), trials=2, sample=s) for s in (4, 1))
+    assert _run(sampled, MIB, cost, 600) == _run(every, MIB, cost, 600)
+    timed = sampled._sizes[MIB.bit_length()].timed  # a private count, for the sampling
+    before = timed[0]
+    picks = _run(sampled, MIB, cost, 400)
+    assert picks == _run(every, MIB, cost, 400) and 90 <= timed[0] - before <= 110, timed
+    slow = {"shm": 9.0, "ring": 3.0}
+    lost = [_run(tuner, MIB, slow, 30).index("ring") for tuner in (sampled, every)]
+    assert lost[1] < lost[0] <= 4 * (sampled.keep // 2 + 1) + 4, lost
+    with pytest.raises(ValueError, match="sample >= 1"):
+        Tuner(("shm",), sample=0)
