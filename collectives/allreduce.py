@@ -311,10 +311,10 @@ def _tuned(buf, comm, state, reduction, op, timeout):
     # call and 190-270 us on rank 0 after the exchange, "shm" 400 and 290).
     start = time.perf_counter()
     tuner, window = _tuner(state), shared_window(comm)
-    fallback = TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size()))
+    fallback = 0 if tuner.enabled else TUNED.index(choose_algorithm(buf.nbytes, comm.Get_size()))
     single_copy.announce(window, buf)  # for "cma"; rides in the exchange
     picked = _pick(tuner, buf, comm, reduction, fallback=fallback, operation="allreduce",
-                   timeout=timeout)
+                   timeout=timeout, window=window)
     if TUNED[picked] == "cma" and not single_copy.usable(window):
         tuner.drop(picked)  # on every rank; rank 0's is the one that counts
         picked = TUNED.index("ring")
@@ -327,19 +327,19 @@ def _tuned(buf, comm, state, reduction, op, timeout):
         blocks = {"shm": buf.nbytes, "shm-pipelined": shared_memory.BLOCK_BYTES}
         shared_memory.run(buf, comm, reduction, operation="allreduce", check=False,
                           timeout=timeout, block_bytes=blocks.get(name),
-                          streaming=name == "shm-streaming")
+                          streaming=name == "shm-streaming", window=window)
     tuner.record(buf.nbytes, picked, time.perf_counter() - start)
     return buf
 
 
-def _pick(tuner, buf, comm, reduction, *, fallback, operation, timeout):
+def _pick(tuner, buf, comm, reduction, *, fallback, operation, timeout, window=None):
     # Rank 0's proposal (its tuner's, or ``fallback`` with tuning off) rides
     # in the header exchange; every rank gets it back and runs it.
     proposal = 0
     if comm.Get_rank() == 0:
         proposal = tuner.propose(buf.nbytes) if tuner.enabled else fallback
     return shared_memory.window_choice(buf, comm, reduction, proposal, operation=operation,
-                                       timeout=timeout)
+                                       timeout=timeout, window=window)
 
 
 def _tuner(state):

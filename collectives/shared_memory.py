@@ -99,18 +99,20 @@ def shm_allreduce(buf, comm, *, op="sum", check=True, timeout=None):
 
 
 def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None,
-        streaming=False):
+        streaming=False, window=None):
     """The shared-memory all-reduce after the checks (``allreduce`` calls this).
 
     ``block_bytes``: the large mode's block size; None: the whole buffer up
     to ``WHOLE_BYTES``, ``BLOCK_BYTES`` above.  ``streaming``: write the
     window with streaming stores (``_atomics.store_streaming``).  The tuner
-    of "auto" tries these variants; all give the same bits.
+    of "auto" tries these variants; all give the same bits.  ``window``:
+    ``shared_window(comm)``, where the caller has it (each look-up costs
+    about 0.5 us; a larger one is still made here where needed).
     """
     if comm.Get_size() == 1:
         return buf
     flat = buf if buf.ndim == 1 and buf.dtype.char != "e" else kernel_view(buf)
-    window = shared_window(comm)
+    window = shared_window(comm) if window is None else window
     if is_small(flat.nbytes, window.size):
         _exchange(window, buf, flat, reduction, operation, timeout)
         return buf
@@ -120,7 +122,8 @@ def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None,
         block_bytes = flat.nbytes if flat.nbytes <= WHOLE_BYTES else BLOCK_BYTES
     block = max(1, min(block_bytes // flat.itemsize, flat.size))
     slots = min(SLOTS, -(-flat.size // block))
-    window = shared_window(comm, slots * block * flat.itemsize)
+    if window.large_bytes < slots * block * flat.itemsize:
+        window = shared_window(comm, slots * block * flat.itemsize)
     with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):
         _pipeline(window, flat, block, reduction, operation, timeout, streaming)
     return buf
@@ -139,22 +142,27 @@ def run_small(buf, window, reduction, operation, timeout):
     return buf
 
 
-def window_agreement(buf, comm, reduction, *, operation, timeout=None):
-    """Check that all ranks agree, with the window's header exchange alone."""
+def window_agreement(buf, comm, reduction, *, operation, timeout=None, window=None):
+    """Check that all ranks agree, with the window's header exchange alone.
+
+    ``window``: ``shared_window(comm)``, where the caller has it.
+    """
     if comm.Get_size() > 1:
         with phase(comm, "agreement check"):
-            _exchange(shared_window(comm), buf, None, reduction, operation, timeout)
+            _exchange(shared_window(comm) if window is None else window, buf, None, reduction,
+                      operation, timeout)
 
 
-def window_choice(buf, comm, reduction, proposal, *, operation, timeout=None):
+def window_choice(buf, comm, reduction, proposal, *, operation, timeout=None, window=None):
     """Check agreement with the header exchange; return rank 0's ``proposal``.
 
     ``proposal`` (0 to 15) is read on rank 0 only: ranks that each time
     their calls settle on one algorithm with no extra message.
+    ``window``: ``shared_window(comm)``, where the caller has it.
     """
     with phase(comm, "agreement check"):
-        return _exchange(shared_window(comm), buf, None, reduction, operation, timeout,
-                         proposal=proposal)
+        return _exchange(shared_window(comm) if window is None else window, buf, None,
+                         reduction, operation, timeout, proposal=proposal)
 
 
 def _exchange(window, buf, flat, reduction, operation, timeout, *, proposal=0):

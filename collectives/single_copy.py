@@ -86,7 +86,7 @@ def checked_run(buf, comm, reduction, *, operation, timeout):
         return buf
     window = shared_window(comm)
     announce(window, buf)
-    window_agreement(buf, comm, reduction, operation=operation, timeout=timeout)
+    window_agreement(buf, comm, reduction, operation=operation, timeout=timeout, window=window)
     if not usable(window):
         raise RuntimeError(f"{operation}: {window.single_copy_error}")
     return run(buf, window, reduction, operation=operation, timeout=timeout)
