@@ -234,8 +234,7 @@ _narrow_f16 = _f32_to_f16 if NATIVE_HALF else f64_to_f16
 # rounding innocuous?", 1995); checked for all 2**32 pairs of patterns
 # (equal bits; NaN stays NaN, its payload may differ).  8 M elements, AMD
 # EPYC Zen 3 VM: sum 26 ms through float64, 1.9 ms through float32.  Not
-# the average's division: its operand, the sum, would
-# already be rounded.
+# the average's division: its operand, the sum, would already be rounded.
 
 @nb.njit(inline="always")
 def add_f16(a, b):

@@ -102,6 +102,7 @@ def test_float16_sum_and_product_through_float32_equal_the_exact_ones():
             want = ufunc(wide_a, wide_b).astype(np.float16).view(np.uint16)
         np.testing.assert_array_equal(exact[~nan], want[~nan])
 
+
 @pytest.mark.parametrize("op", ("min", "max"))
 def test_float16_min_max_on_the_bits_compare_the_values(op):
     # Every pattern against 64 others of every magnitude and 2**20 random
