@@ -105,6 +105,7 @@ class SharedWindow:
         self.slot_bytes = 0  # the large area's slot size in the last large call
         self.slot_last = {}  # slot -> global number of the last block in it
         self.headers = {}  # (operation, count, dtype, op) -> shared_memory._Kind
+        self.layouts = {}  # (count, dtype, block) -> shared_memory._Layout
         self.views = {}  # dtype -> the window as an array of it
 
     # ---------------------------------------------------------- layout ---

@@ -305,7 +305,8 @@ def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
     # the other slices of block t - 2.
     nblocks = -(-flat.size // block)
     first = window.begin_blocks(block * flat.itemsize, operation=operation, timeout=timeout)
-    stages = _Stages(window, flat, block, reduction, operation, timeout, streaming)
+    stages = _Stages(window, flat, _layout(window, flat, block), reduction, operation, timeout,
+                     streaming)
     for t in range(nblocks + 2):
         if t < nblocks:
             stages.copy_in(first + t, t)
@@ -315,80 +316,113 @@ def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
             stages.copy_out(first + t - 2, t - 2)
 
 
+#: Layouts kept per window before the oldest go (a job uses a few sizes).
+_LAYOUTS_KEPT = 64
+
+
+def _layout(window, flat, block):
+    # The window's layout for this count, dtype and block size, made once:
+    # with it a call's stages only slice the caller's buffer (working it
+    # out on every call, chunk bounds and ring pieces, was about a fifth of
+    # the Python of a 1 MiB call at 2 ranks).
+    key = (flat.size, flat.dtype.str, block)
+    layout = window.layouts.get(key)
+    if layout is None:
+        if len(window.layouts) >= _LAYOUTS_KEPT:
+            window.layouts.pop(next(iter(window.layouts)))
+        layout = window.layouts[key] = _Layout(window, flat.size, flat.dtype, block)
+    return layout
+
+
+class _Layout:
+    """Where each block's stages read and write, for one kind of large call on one window.
+
+    Per block: ``copy_in``, the two parts of my slot that take every slice
+    but mine, as (window view, buffer start, buffer stop); ``folds``, the
+    pieces of my slice that lie in one ring chunk, as (my slot's view,
+    row 0's offset, buffer start, buffer stop, the chunk); ``copy_out``,
+    the other ranks' slices, as (buffer start, buffer stop, their view).
+    """
+
+    def __init__(self, window, count, dtype, block):
+        typed, item = window.typed(dtype), dtype.itemsize
+        rank, size = window.rank, window.size
+        self.stride = window.stride // item
+        base = window.large_offset() // item
+        chunks = chunk_bounds(count, size)[0]  # the ring's chunk starts
+        self.blocks = []
+        for b in range(-(-count // block)):
+            start = b * block
+            length = min(block, count - start)
+            starts, sizes = chunk_bounds(length, size)
+            slot = [q * self.stride + base + (b % SLOTS) * block for q in range(size)]
+            lo, n = starts[rank], sizes[rank]
+            mine = slot[rank]
+            copy_in = ((typed[mine:mine + lo], start, start + lo),
+                       (typed[mine + lo + n:mine + length], start + lo + n, start + length))
+            folds = [(typed[mine + lo + at:mine + lo + at + m], slot[0] + lo + at,
+                      start + lo + at, start + lo + at + m, chunk)
+                     for at, m, chunk in _ring_pieces(chunks, start + lo, n)]
+            copy_out = [(start + starts[q], start + starts[q] + sizes[q],
+                         typed[slot[q] + starts[q]:slot[q] + starts[q] + sizes[q]])
+                        for q in range(size) if q != rank and sizes[q]]
+            self.blocks.append((copy_in, folds, copy_out))
+
+
+def _ring_pieces(chunks, begin, n):
+    # (offset, length, ring chunk) of each part of elements begin .. begin + n
+    # that lies in one chunk of the ring all-reduce: folded in its order.
+    at = 0
+    c = int(np.searchsorted(chunks, begin, side="right")) - 1
+    while at < n:
+        end = chunks[c + 1] if c + 1 < len(chunks) else begin + n
+        length = min(n - at, end - begin - at)
+        if length > 0:
+            yield at, length, c
+        at, c = at + max(length, 0), c + 1
+
+
 class _Stages:
     """The three pipeline stages for block ``b`` of a call (global block number ``g``)."""
 
-    def __init__(self, window, flat, block, reduction, operation, timeout, streaming):
-        self.window, self.flat, self.block = window, flat, block
+    def __init__(self, window, flat, layout, reduction, operation, timeout, streaming):
+        self.window, self.flat, self.blocks = window, flat, layout.blocks
         self.streaming = streaming
         self.copy_in_kernel = K.copy_streaming if streaming else K.copy
-        self.reduction, self.wait = reduction, dict(operation=operation, timeout=timeout)
+        self.wait = dict(operation=operation, timeout=timeout)
         self.typed = window.typed(flat.dtype)
-        self.item = flat.itemsize
-        self.rank, self.size = window.rank, window.size
-        self.stride = window.stride // self.item
-        self.base = window.large_offset() // self.item
-        self.chunks = chunk_bounds(flat.size, self.size)[0]  # the ring's chunk starts
+        self.rank, self.size, self.stride = window.rank, window.size, layout.stride
         code, last = K.CODES[reduction.name]
         self.codes = (code, last, float(self.size))
-
-    def _span(self, b):
-        start = b * self.block
-        length = min(self.block, self.flat.size - start)
-        return start, length, chunk_bounds(length, self.size)
-
-    def _slot(self, b, rank):
-        return rank * self.stride + self.base + (b % SLOTS) * self.block
 
     def copy_in(self, g, b):
         # Every slice but mine into my slot, once every rank has finished
         # with the block that used the slot before.
         self.window.claim_slot(b % SLOTS, g, **self.wait)
-        start, length, (starts, sizes) = self._span(b)
-        lo, hi = starts[self.rank], starts[self.rank] + sizes[self.rank]
-        mine = self._slot(b, self.rank)
-        self.copy_in_kernel(self.typed[mine:mine + lo], self.flat[start:start + lo])
-        self.copy_in_kernel(self.typed[mine + hi:mine + length],
-                            self.flat[start + hi:start + length])
+        flat = self.flat
+        for view, lo, hi in self.blocks[b][0]:
+            self.copy_in_kernel(view, flat[lo:hi])
         self.window.publish(IN, g + 1)
 
     def reduce(self, g, b):
         # My slice, from every rank's slot and my buffer, into my slot
         # and my buffer.
         self.window.wait(IN, g + 1, **self.wait)
-        start, _, (starts, sizes) = self._span(b)
-        lo, n = starts[self.rank], sizes[self.rank]
-        mine, row0 = self._slot(b, self.rank) + lo, self._slot(b, 0) + lo
-        for at, length, first in self._ring_pieces(start + lo, n):
-            out = self.typed[mine + at:mine + at + length]
-            user = self.flat[start + lo + at:start + lo + at + length]
+        typed, stride, size, rank = self.typed, self.stride, self.size, self.rank
+        for out, row0, lo, hi, first in self.blocks[b][1]:
+            user = self.flat[lo:hi]
             if self.streaming:
-                K.fold_ring(out, self.typed, row0 + at, self.stride, self.size, first,
-                            self.rank, user, *self.codes, user, True)
+                K.fold_ring(out, typed, row0, stride, size, first, rank, user, *self.codes,
+                            user, True)
             else:  # plain stores: passes in the L2, faster than fold_ring's L1 copies
-                K.fold_ring_in_l2(out, self.typed, row0 + at, self.stride, self.size, first,
-                                  self.rank, user, *self.codes, user)
+                K.fold_ring_in_l2(out, typed, row0, stride, size, first, rank, user,
+                                  *self.codes, user)
         self.window.publish(REDUCED, g + 1)
-
-    def _ring_pieces(self, begin, n):
-        # (offset, length, ring chunk) of each part of elements begin .. begin + n
-        # that lies in one chunk of the ring all-reduce: folded in its order.
-        chunks, at = self.chunks, 0
-        c = int(np.searchsorted(chunks, begin, side="right")) - 1
-        while at < n:
-            end = chunks[c + 1] if c + 1 < len(chunks) else begin + n
-            length = min(n - at, end - begin - at)
-            if length > 0:
-                yield at, length, c
-            at, c = at + max(length, 0), c + 1
 
     def copy_out(self, g, b):
         # The other ranks' reduced slices, from their slots.
         self.window.wait(REDUCED, g + 1, **self.wait)
-        start, _, (starts, sizes) = self._span(b)
-        for q in range(self.size):
-            lo, n = starts[q], sizes[q]
-            if q != self.rank and n:
-                theirs = self._slot(b, q) + lo
-                K.copy(self.flat[start + lo:start + lo + n], self.typed[theirs:theirs + n])
+        flat = self.flat
+        for lo, hi, theirs in self.blocks[b][2]:
+            K.copy(flat[lo:hi], theirs)
         self.window.publish(OUT, g + 1)
