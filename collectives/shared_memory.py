@@ -121,9 +121,9 @@ def run(buf, comm, reduction, *, operation, check, timeout, block_bytes=None,
     if block_bytes is None:
         block_bytes = flat.nbytes if flat.nbytes <= WHOLE_BYTES else BLOCK_BYTES
     block = max(1, min(block_bytes // flat.itemsize, flat.size))
-    slots = min(SLOTS, -(-flat.size // block))
-    if window.large_bytes < slots * block * flat.itemsize:
-        window = shared_window(comm, slots * block * flat.itemsize)
+    large_bytes = min(SLOTS, -(-flat.size // block)) * block * flat.itemsize
+    if window.large_bytes < large_bytes:
+        window = shared_window(comm, large_bytes)
     with phase(comm, "shared-memory pipeline", bytes=buf.nbytes):
         _pipeline(window, flat, block, reduction, operation, timeout, streaming)
     return buf
@@ -342,11 +342,12 @@ class _Layout:
     pieces of my slice that lie in one ring chunk, as (my slot's view,
     row 0's offset, buffer start, buffer stop, the chunk); ``copy_out``,
     the other ranks' slices, as (buffer start, buffer stop, their view).
+    ``typed`` is the window as an array of the dtype, ``stride`` a row's length in it.
     """
 
     def __init__(self, window, count, dtype, block):
-        typed, item = window.typed(dtype), dtype.itemsize
-        rank, size = window.rank, window.size
+        self.typed = typed = window.typed(dtype)
+        item, rank, size = dtype.itemsize, window.rank, window.size
         self.stride = window.stride // item
         base = window.large_offset() // item
         chunks = chunk_bounds(count, size)[0]  # the ring's chunk starts
@@ -390,8 +391,8 @@ class _Stages:
         self.streaming = streaming
         self.copy_in_kernel = K.copy_streaming if streaming else K.copy
         self.wait = dict(operation=operation, timeout=timeout)
-        self.typed = window.typed(flat.dtype)
-        self.rank, self.size, self.stride = window.rank, window.size, layout.stride
+        self.typed, self.stride = layout.typed, layout.stride
+        self.rank, self.size = window.rank, window.size
         code, last = K.CODES[reduction.name]
         self.codes = (code, last, float(self.size))
 
