@@ -22,7 +22,15 @@ from numba.extending import overload
 
 from collectives._atomics import fence, load_acquire, store_release, store_streaming
 from collectives._compile import kernel
-from collectives._kernels import add_f16, avg_f16, frozen, mul_f16, pick_f16
+from collectives._kernels import (
+    add_f16,
+    avg_f16,
+    by_multiplying,
+    frozen,
+    mul_f16,
+    pick_f16,
+    quotient_f16,
+)
 
 __all__ = [
     "CODES", "SUM", "PROD", "MIN", "MAX", "SUM_DIV",
@@ -185,15 +193,44 @@ def _as_item_overload(value, array):
 
 
 def _pair_f16(out, lo, hi, code, divisor):
-    for i in range(out.size):
-        if code == SUM:
-            out[i] = add_f16(lo[i], hi[i])
-        elif code == PROD:
-            out[i] = mul_f16(lo[i], hi[i])
-        elif code == SUM_DIV:
-            out[i] = avg_f16(lo[i], hi[i], divisor)
-        else:
-            out[i] = pick_f16(lo[i], hi[i], code == MIN)
+    if code == SUM:
+        _loop(out, lo, hi, _add16, 0)
+    elif code == PROD:
+        _loop(out, lo, hi, _mul16, 0)
+    elif code == MIN:
+        _loop(out, lo, hi, _pick16, True)
+    elif code == MAX:
+        _loop(out, lo, hi, _pick16, False)
+    elif by_multiplying(divisor):
+        n = np.float32(divisor)
+        _loop(out, lo, hi, _quotient16, (n, np.float32(1.0) / n))
+    else:
+        _loop(out, lo, hi, _avg16, divisor)
+
+
+@nb.njit(**_INLINE)
+def _add16(a, b, d):
+    return add_f16(a, b)
+
+
+@nb.njit(**_INLINE)
+def _mul16(a, b, d):
+    return mul_f16(a, b)
+
+
+@nb.njit(**_INLINE)
+def _pick16(a, b, smaller):
+    return pick_f16(a, b, smaller)
+
+
+@nb.njit(**_INLINE)
+def _quotient16(a, b, d):
+    return quotient_f16(a, b, d[0], d[1])
+
+
+@nb.njit(**_INLINE)
+def _avg16(a, b, d):
+    return avg_f16(a, b, d)
 
 
 @overload(_pair, jit_options=dict(nogil=True))

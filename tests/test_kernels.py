@@ -185,6 +185,39 @@ def test_float16_avg_step():
     assert a.tobytes() == want.tobytes()
 
 
+def _quotient_rounded_once(a, b, divisor):
+    # (a + b) / divisor in float64, then to float16: rounding twice is
+    # rounding once here (53 >= 2 * 11 + 2 bits); NaN payloads aside.
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = a.view(np.float16).astype(np.float64) + b.view(np.float16).astype(np.float64)
+        return (wide / divisor).astype(np.float16).view(np.uint16)
+
+
+def _same_or_both_nan(got, want):
+    nan = (got & 0x7FFF > 0x7C00) & (want & 0x7FFF > 0x7C00)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.array_equal(got & 0x7FFF > 0x7C00, want & 0x7FFF > 0x7C00)
+
+
+@pytest.mark.parametrize("divisor", (1, 2, 3, 5, 7, 12, 4095, 4096, 2.5, 10007))
+def test_float16_avg_on_the_bits_is_rounded_once(divisor):
+    # Every pattern against 256 others of every magnitude and 2**20 random
+    # pairs.  Integer divisors below MULTIPLY_BELOW multiply (quotient_f16),
+    # the others divide in float64; ties (a + b = 3 m for a midpoint m) are
+    # common and need the exact sign of m * n - (a + b).
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    rng = np.random.default_rng(13)
+    dst = np.concatenate([np.repeat(bits, 256), rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    src = np.concatenate([np.tile(bits[::256], bits.size),
+                          rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    want = _quotient_rounded_once(dst, src, divisor)
+    K.sum_div_into_f16(dst, src, float(divisor))
+    _same_or_both_nan(dst, want)
+    alone = bits.copy()
+    K.div_inplace_f16(alone, float(divisor))
+    _same_or_both_nan(alone, _quotient_rounded_once(bits, np.full_like(bits, 0x8000), divisor))
+
+
 def test_integer_sum_wraps_like_numpy():
     a = np.array([np.iinfo(np.int32).max], np.int32)
     K.sum_into(a, np.array([1], np.int32))
