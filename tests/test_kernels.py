@@ -103,16 +103,23 @@ def test_float16_sum_and_product_through_float32_equal_the_exact_ones():
         np.testing.assert_array_equal(exact[~nan], want[~nan])
 
 
+def _pattern_pairs(others, *, seed):
+    # Every float16 pattern against `others` patterns of every magnitude,
+    # then 2**20 random pairs: (dst, src) bits.
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    rng = np.random.default_rng(seed)
+    dst = np.concatenate([np.repeat(bits, others), rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    src = np.concatenate([np.tile(bits[::(1 << 16) // others], bits.size),
+                          rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    return dst, src
+
+
 @pytest.mark.parametrize("op", ("min", "max"))
 def test_float16_min_max_on_the_bits_compare_the_values(op):
     # Every pattern against 64 others of every magnitude and 2**20 random
     # pairs: the kernel keeps dst's pattern where it is NaN or beats src's
     # value (so src on a tie, -0.0 against 0.0 too), else src's.
-    bits = np.arange(1 << 16, dtype=np.uint16)
-    rng = np.random.default_rng(12)
-    dst = np.concatenate([np.repeat(bits, 64), rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
-    src = np.concatenate([np.tile(bits[::1024], bits.size),
-                          rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    dst, src = _pattern_pairs(64, seed=12)
     a, b = dst.view(np.float16).astype(np.float32), src.view(np.float16).astype(np.float32)
     beats = (a < b) if op == "min" else (a > b)
     want = np.where(beats | np.isnan(a), dst, src)
@@ -205,14 +212,11 @@ def test_float16_avg_on_the_bits_is_rounded_once(divisor):
     # pairs.  Integer divisors below MULTIPLY_BELOW multiply (quotient_f16),
     # the others divide in float64; ties (a + b = 3 m for a midpoint m) are
     # common and need the exact sign of m * n - (a + b).
-    bits = np.arange(1 << 16, dtype=np.uint16)
-    rng = np.random.default_rng(13)
-    dst = np.concatenate([np.repeat(bits, 256), rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
-    src = np.concatenate([np.tile(bits[::256], bits.size),
-                          rng.integers(0, 1 << 16, 1 << 20, np.uint16)])
+    dst, src = _pattern_pairs(256, seed=13)
     want = _quotient_rounded_once(dst, src, divisor)
     K.sum_div_into_f16(dst, src, float(divisor))
     _same_or_both_nan(dst, want)
+    bits = np.arange(1 << 16, dtype=np.uint16)
     alone = bits.copy()
     K.div_inplace_f16(alone, float(divisor))
     _same_or_both_nan(alone, _quotient_rounded_once(bits, np.full_like(bits, 0x8000), divisor))
