@@ -39,6 +39,7 @@ __all__ = [
     "merge_header",
     "rows_equal", "all_at_least",
     "finish", "exchange", "PLAN_FIELDS", "NOT_YET", "DISAGREE", "DONE", "OUT_OF_STEP",
+    "one_block", "BLOCK_FIELDS", "BLOCK_DONE",
     "compiled",
 ]
 
@@ -377,6 +378,12 @@ def fold_ring_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code,
     ``nrows - 1`` passes fold the rows into ``out`` and one more copies it
     to ``also``.
     """
+    _fold_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor, also)
+
+
+@nb.njit(**_INLINE)
+def _fold_in_l2(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
+                also):
     for at in range(0, out.size, _L2_PIECE):
         m = min(_L2_PIECE, out.size - at)
         part = out[at:at + m]
@@ -513,3 +520,76 @@ def exchange(out, win, words, plan, sequence):
         if i >= yield_from:
             _sched_yield()
     return NOT_YET
+
+
+#: Fields of :func:`one_block`'s plan before its pieces: stride, nrows,
+#: row, code, last, word_stride, polls, yield_from, the IN, REDUCED and OUT
+#: word of row 0, and the numbers of copy-in, fold and copy-out pieces.
+BLOCK_FIELDS = 14
+#: :func:`one_block`'s result when every stage is done (else the stage whose wait gave up).
+BLOCK_DONE = 3
+
+
+def _one_block_args(v):
+    return v, v, _I64, _I64, nb.int64, nb.int64, nb.int64
+
+
+@nb.njit(**_INLINE)
+def _poll(words, index, word_stride, nrows, value, polls, yield_from):
+    # Whether every row's word reaches value within `polls` rounds.
+    for i in range(polls):
+        if all_at_least(words, index, word_stride, nrows, value):
+            return True
+        if i >= yield_from:
+            _sched_yield()
+    return False
+
+
+@kernel(_sigs(nb.int64, _one_block_args), **_OPTIONS)
+def one_block(flat, win, words, plan, block, after, stage):
+    """The shared-memory pipeline for a call of one block, from ``stage`` on, in one call.
+
+    Stage 0 waits until every row's OUT word reaches ``after`` (the slot's
+    last block is copied out; 0: no wait), copies every slice but mine
+    into my slot and publishes IN; stage 1 waits for every IN, folds my
+    slice (:func:`fold_ring_in_l2`, so the same bits as the stages in
+    Python) and publishes REDUCED; stage 2 waits for every REDUCED, copies
+    the other slices out and publishes OUT.  Each wait polls as
+    :func:`exchange` does; if one gives up, returns its stage, for the
+    caller to wait in Python (which drives MPI progress and the deadline)
+    and call again from there; else ``BLOCK_DONE``.  ``plan``: see
+    ``BLOCK_FIELDS``, then (window start, buffer start, stop) per copy-in
+    piece, (my slot's start, row 0's start, buffer start, stop, first row)
+    per fold piece and (buffer start, stop, window start) per copy-out piece.
+    """
+    stride, nrows, row, code, last, word_stride, polls, yield_from = plan[:8]
+    in_at, reduced_at, out_at, n_in, n_fold = plan[8:13]
+    at = BLOCK_FIELDS
+    folds = at + 3 * n_in
+    outs = folds + 5 * n_fold
+    mine = row * word_stride
+    if stage == 0:
+        if after and not _poll(words, out_at, word_stride, nrows, after, polls, yield_from):
+            return 0
+        for p in range(at, folds, 3):
+            start, lo, hi = plan[p], plan[p + 1], plan[p + 2]
+            _copy(win[start:start + hi - lo], flat[lo:hi])
+        store_release(words, mine + in_at, block + 1)  # after the copies
+        stage = 1
+    if stage == 1:
+        if not _poll(words, in_at, word_stride, nrows, block + 1, polls, yield_from):
+            return 1
+        for p in range(folds, outs, 5):
+            start, row0, lo, hi, first = plan[p], plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4]
+            user = flat[lo:hi]
+            _fold_in_l2(win[start:start + hi - lo], win, row0, stride, nrows, first, row, user,
+                        code, last, float(nrows), user)
+        store_release(words, mine + reduced_at, block + 1)
+        stage = 2
+    if not _poll(words, reduced_at, word_stride, nrows, block + 1, polls, yield_from):
+        return 2
+    for p in range(outs, plan.size, 3):
+        lo, hi, start = plan[p], plan[p + 1], plan[p + 2]
+        _copy(flat[lo:hi], win[start:start + hi - lo])
+    store_release(words, mine + out_at, block + 1)
+    return BLOCK_DONE

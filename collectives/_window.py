@@ -39,6 +39,7 @@ from collectives._spin import SPIN, yield_after
 from collectives._wait import Deadline
 
 __all__ = ["SharedWindow", "shared_window", "ARRIVE", "IN", "REDUCED", "OUT", "CHOICE_AT",
+           "counter_word",
            "PID_AT", "BASE_AT", "BUFFER_AT", "SMALL_BYTES", "HEADER_BYTES"]
 
 ARRIVE, IN, REDUCED, OUT, CHOICE, PROCESS = range(6)
@@ -63,6 +64,11 @@ _POKE_EVERY = 16
 #: Polls of the small-call kernel when every rank has a core of its own
 #: (some tens of microseconds at most: above the usual skew between ranks).
 FAST_POLLS = 2000
+
+
+def counter_word(counter):
+    """Index of ``counter`` in a rank's row of ``SharedWindow.words``."""
+    return counter * _LINE // 8
 
 
 class SharedWindow:
@@ -148,11 +154,16 @@ class SharedWindow:
 
     def claim_slot(self, slot, block, *, operation, timeout):
         """Wait until every rank has copied out ``slot``'s last block; it now holds ``block``."""
+        after = self.take_slot(slot, block)
+        if after:
+            self.wait(OUT, after, operation=operation, timeout=timeout)
+
+    def take_slot(self, slot, block):
+        """:meth:`claim_slot` without the wait: return the OUT count to wait for (0: none)."""
         last = self.slot_last.get(slot)
-        if last is not None:
-            self.wait(OUT, last + 1, operation=operation, timeout=timeout)
         self.slot_last[slot] = block
         self.blocks = max(self.blocks, block + 1)
+        return 0 if last is None else last + 1
 
     # -------------------------------------------------------- counters ---
     def publish(self, counter, value):
@@ -162,7 +173,7 @@ class SharedWindow:
 
     def wait(self, counter, value, *, operation, timeout):
         """Return once every rank's ``counter`` is >= ``value``."""
-        index, step = counter * _LINE // 8, self.stride // 8
+        index, step = counter_word(counter), self.stride // 8
         words = self.words
         if K.all_at_least(words, index, step, self.size, value):
             self.win.Sync()

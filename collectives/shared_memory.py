@@ -45,6 +45,7 @@ from collectives._window import (
     OUT,
     REDUCED,
     SMALL_BYTES,
+    counter_word,
     shared_window,
 )
 from collectives.timeline import phase
@@ -305,8 +306,10 @@ def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
     # the other slices of block t - 2.
     nblocks = -(-flat.size // block)
     first = window.begin_blocks(block * flat.itemsize, operation=operation, timeout=timeout)
-    stages = _Stages(window, flat, _layout(window, flat, block), reduction, operation, timeout,
-                     streaming)
+    layout = _layout(window, flat, block, reduction)
+    if layout.one_block is not None and not streaming:
+        return _one_block(window, flat, layout, first, operation, timeout)
+    stages = _Stages(window, flat, layout, reduction, operation, timeout, streaming)
     for t in range(nblocks + 2):
         if t < nblocks:
             stages.copy_in(first + t, t)
@@ -320,17 +323,41 @@ def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
 _LAYOUTS_KEPT = 64
 
 
-def _layout(window, flat, block):
-    # The window's layout for this count, dtype and block size, made once:
-    # with it a call's stages only slice the caller's buffer (working it
-    # out on every call, chunk bounds and ring pieces, was about a fifth of
-    # the Python of a 1 MiB call at 2 ranks).
-    key = (flat.size, flat.dtype.str, block)
+#: The waits of K.one_block's stages: the counter, and whether the value is the block's.
+_BLOCK_WAITS = ((OUT, False), (IN, True), (REDUCED, True))
+
+
+def _one_block(window, flat, layout, block, operation, timeout):
+    # A call of one block (not streaming) in one kernel call: the stages'
+    # Python, three waits and about 80 Python calls, was a tenth of a
+    # 1 MiB call at 2 ranks.  A wait that the kernel gives up on is made
+    # here, politely, and the kernel goes on from that stage.
+    after = window.take_slot(0, block)
+    plan, kernel = layout.one_block, layout.one_block_entry
+    if kernel is None or not flat.flags.aligned:  # the entry point takes aligned arrays
+        kernel = K.one_block
+    stage = kernel(flat, layout.typed, window.words, plan, block, after, 0)
+    if layout.one_block_entry is None and flat.flags.aligned:  # compiled now
+        layout.one_block_entry = K.compiled(K.one_block, flat, layout.typed, window.words,
+                                            plan, block, after, 0)
+    while stage != K.BLOCK_DONE:
+        counter, of_block = _BLOCK_WAITS[stage]
+        window.wait(counter, block + 1 if of_block else after, operation=operation,
+                    timeout=timeout)
+        stage = kernel(flat, layout.typed, window.words, plan, block, after, stage)
+
+
+def _layout(window, flat, block, reduction):
+    # The window's layout for this count, dtype, block size and op, made
+    # once: with it a call's stages only slice the caller's buffer (working
+    # it out on every call, chunk bounds and ring pieces, was about a fifth
+    # of the Python of a 1 MiB call at 2 ranks).
+    key = (flat.size, flat.dtype.str, block, reduction.name)
     layout = window.layouts.get(key)
     if layout is None:
         if len(window.layouts) >= _LAYOUTS_KEPT:
             window.layouts.pop(next(iter(window.layouts)))
-        layout = window.layouts[key] = _Layout(window, flat.size, flat.dtype, block)
+        layout = window.layouts[key] = _Layout(window, flat, block, reduction)
     return layout
 
 
@@ -343,9 +370,13 @@ class _Layout:
     row 0's offset, buffer start, buffer stop, the chunk); ``copy_out``,
     the other ranks' slices, as (buffer start, buffer stop, their view).
     ``typed`` is the window as an array of the dtype, ``stride`` a row's length in it.
+    ``one_block``: for a call of one block, ``K.one_block``'s plan (the
+    same pieces as offsets), else None; ``one_block_entry`` its compiled
+    entry point, once called.
     """
 
-    def __init__(self, window, count, dtype, block):
+    def __init__(self, window, flat, block, reduction):
+        count, dtype = flat.size, flat.dtype
         self.typed = typed = window.typed(dtype)
         item, rank, size = dtype.itemsize, window.rank, window.size
         self.stride = window.stride // item
@@ -368,6 +399,22 @@ class _Layout:
                          typed[slot[q] + starts[q]:slot[q] + starts[q] + sizes[q]])
                         for q in range(size) if q != rank and sizes[q]]
             self.blocks.append((copy_in, folds, copy_out))
+        self.one_block = self._plan(window, reduction) if len(self.blocks) == 1 else None
+        self.one_block_entry = None
+
+    def _plan(self, window, reduction):
+        # K.one_block's plan: the fields, then block 0's pieces as offsets.
+        copy_in, folds, copy_out = self.blocks[0]
+        typed, item = self.typed, self.typed.itemsize
+        where = lambda view: (view.ctypes.data - typed.ctypes.data) // item  # noqa: E731
+        counters = [counter_word(c) for c in (IN, REDUCED, OUT)]
+        fields = [self.stride, window.size, window.rank, *K.CODES[reduction.name],
+                  window.stride // 8, window.fast_polls, window.fast_yield_from, *counters,
+                  len(copy_in), len(folds), len(copy_out)]
+        pieces = ([(where(view), lo, hi) for view, lo, hi in copy_in]
+                  + [(where(view), row0, lo, hi, chunk) for view, row0, lo, hi, chunk in folds]
+                  + [(lo, hi, where(view)) for lo, hi, view in copy_out])
+        return np.array(fields + [x for piece in pieces for x in piece], dtype=np.int64)
 
 
 def _ring_pieces(chunks, begin, n):

@@ -97,9 +97,10 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
     if op == "avg" and dtype.startswith("int"):
         pytest.skip("avg is for floating dtypes")
     monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(shared_memory, "WHOLE_BYTES", 0)
     monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)  # the pipeline from 16 KiB
-    for streaming in (False, True):  # plain and streaming stores into the window
+    # Blocks, then one block (K.one_block; streaming: the stages in Python).
+    for whole, streaming in ((0, False), (0, True), (1 << 20, False), (1 << 20, True)):
+        monkeypatch.setattr(shared_memory, "WHOLE_BYTES", whole)
         x = rank_data(comm, 20_011, dtype, positive=op == "prod")
         ring = x.copy()
         reduction = resolve_op(op, x.dtype)
@@ -175,6 +176,30 @@ def test_shm_many_calls_back_to_back(comm, algorithm):
         x = np.full(count, rank + i, dtype=np.float64)
         C.allreduce(x, comm, algorithm=algorithm)
         assert np.all(x == sum(range(size)) + size * i), i
+    comm.Free()
+
+
+@pytest.mark.parametrize("check", (True, False))
+@pytest.mark.parametrize("late", ("none", "first", "last", "each"))
+def test_shm_one_block_with_a_late_rank(comm, late, check, monkeypatch):
+    # K.one_block polls briefly at each of its three waits, then returns
+    # the stage for Python to wait and call it again from there: a late
+    # rank (or few polls) sends the others down that path at any stage,
+    # unchecked calls let them run ahead to the slot's wait.
+    monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)
+    comm = comm.Dup()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    window = shared_window(comm, 1 << 20)  # room enough: the calls keep this window
+    monkeypatch.setattr(window, "fast_polls", 3)
+    for i in range(12):
+        slow = {"none": -1, "first": 0, "last": size - 1, "each": i % size}[late]
+        if rank == slow:
+            time.sleep(0.003)
+        x = np.full(20_000 + i, rank + 2 * i, dtype=np.float32)
+        C.shm_allreduce(x, comm, check=check)
+        assert np.all(x == sum(range(size)) + 2 * i * size), (i, x[:3])
+        assert shared_window(comm) is window
+        assert all(layout.one_block[6] == 3 for layout in window.layouts.values())
     comm.Free()
 
 
