@@ -331,6 +331,13 @@ def fold_ring(out, win, start, stride, nrows, first, mine_row, mine, code, last,
     may be empty), in one pass: each piece is folded in a buffer that stays
     in L1, so ``out`` and ``also`` may alias ``mine``.
     """
+    _fold_in_l1(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
+                also, streaming)
+
+
+@nb.njit(**_INLINE)
+def _fold_in_l1(out, win, start, stride, nrows, first, mine_row, mine, code, last, divisor,
+                also, streaming):
     n = out.size
     piece = np.empty(min(n, _PIECE), out.dtype)
     for at in range(0, n, _PIECE):
@@ -531,7 +538,7 @@ BLOCK_DONE = 3
 
 
 def _one_block_args(v):
-    return v, v, _I64, _I64, nb.int64, nb.int64, nb.int64
+    return v, v, _I64, _I64, nb.int64, nb.int64, nb.int64, nb.boolean
 
 
 @nb.njit(**_INLINE)
@@ -546,15 +553,17 @@ def _poll(words, index, word_stride, nrows, value, polls, yield_from):
 
 
 @kernel(_sigs(nb.int64, _one_block_args), **_OPTIONS)
-def one_block(flat, win, words, plan, block, after, stage):
+def one_block(flat, win, words, plan, block, after, stage, streaming):
     """The shared-memory pipeline for a call of one block, from ``stage`` on, in one call.
 
     Stage 0 waits until every row's OUT word reaches ``after`` (the slot's
     last block is copied out; 0: no wait), copies every slice but mine
     into my slot and publishes IN; stage 1 waits for every IN, folds my
-    slice (:func:`fold_ring_in_l2`, so the same bits as the stages in
-    Python) and publishes REDUCED; stage 2 waits for every REDUCED, copies
-    the other slices out and publishes OUT.  Each wait polls as
+    slice (as :func:`fold_ring_in_l2`, or :func:`fold_ring` if
+    ``streaming``: the same bits as the stages in Python) and publishes
+    REDUCED; stage 2 waits for every REDUCED, copies the other slices out
+    and publishes OUT.  ``streaming``: the window is written with
+    streaming stores (copy-in and fold; a fence before each publication).  Each wait polls as
     :func:`exchange` does; if one gives up, returns its stage, for the
     caller to wait in Python (which drives MPI progress and the deadline)
     and call again from there; else ``BLOCK_DONE``.  ``plan``: see
@@ -573,7 +582,12 @@ def one_block(flat, win, words, plan, block, after, stage):
             return 0
         for p in range(at, folds, 3):
             start, lo, hi = plan[p], plan[p + 1], plan[p + 2]
-            _copy(win[start:start + hi - lo], flat[lo:hi])
+            if streaming:
+                _stream(win[start:start + hi - lo], flat[lo:hi])
+            else:
+                _copy(win[start:start + hi - lo], flat[lo:hi])
+        if streaming:
+            fence()
         store_release(words, mine + in_at, block + 1)  # after the copies
         stage = 1
     if stage == 1:
@@ -581,9 +595,13 @@ def one_block(flat, win, words, plan, block, after, stage):
             return 1
         for p in range(folds, outs, 5):
             start, row0, lo, hi, first = plan[p], plan[p + 1], plan[p + 2], plan[p + 3], plan[p + 4]
-            user = flat[lo:hi]
-            _fold_in_l2(win[start:start + hi - lo], win, row0, stride, nrows, first, row, user,
-                        code, last, float(nrows), user)
+            user, out = flat[lo:hi], win[start:start + hi - lo]
+            if streaming:
+                _fold_in_l1(out, win, row0, stride, nrows, first, row, user, code, last,
+                            float(nrows), user, True)
+            else:
+                _fold_in_l2(out, win, row0, stride, nrows, first, row, user, code, last,
+                            float(nrows), user)
         store_release(words, mine + reduced_at, block + 1)
         stage = 2
     if not _poll(words, reduced_at, word_stride, nrows, block + 1, polls, yield_from):

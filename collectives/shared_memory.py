@@ -307,8 +307,8 @@ def _pipeline(window, flat, block, reduction, operation, timeout, streaming):
     nblocks = -(-flat.size // block)
     first = window.begin_blocks(block * flat.itemsize, operation=operation, timeout=timeout)
     layout = _layout(window, flat, block, reduction)
-    if layout.one_block is not None and not streaming:
-        return _one_block(window, flat, layout, first, operation, timeout)
+    if layout.one_block is not None:
+        return _one_block(window, flat, layout, first, operation, timeout, streaming)
     stages = _Stages(window, flat, layout, reduction, operation, timeout, streaming)
     for t in range(nblocks + 2):
         if t < nblocks:
@@ -327,24 +327,24 @@ _LAYOUTS_KEPT = 64
 _BLOCK_WAITS = ((OUT, False), (IN, True), (REDUCED, True))
 
 
-def _one_block(window, flat, layout, block, operation, timeout):
-    # A call of one block (not streaming) in one kernel call: the stages'
-    # Python, three waits and about 80 Python calls, was a tenth of a
-    # 1 MiB call at 2 ranks.  A wait that the kernel gives up on is made
-    # here, politely, and the kernel goes on from that stage.
+def _one_block(window, flat, layout, block, operation, timeout, streaming):
+    # A call of one block in one kernel call: the stages' Python (three
+    # waits, four Numba dispatches and a dozen Python calls more) was about
+    # a tenth of a 1 MiB call at 2 ranks.  A wait that the kernel gives up
+    # on is made here, politely, and the kernel goes on from that stage.
     after = window.take_slot(0, block)
     plan, kernel = layout.one_block, layout.one_block_entry
     if kernel is None or not flat.flags.aligned:  # the entry point takes aligned arrays
         kernel = K.one_block
-    stage = kernel(flat, layout.typed, window.words, plan, block, after, 0)
+    stage = kernel(flat, layout.typed, window.words, plan, block, after, 0, streaming)
     if layout.one_block_entry is None and flat.flags.aligned:  # compiled now
         layout.one_block_entry = K.compiled(K.one_block, flat, layout.typed, window.words,
-                                            plan, block, after, 0)
+                                            plan, block, after, 0, streaming)
     while stage != K.BLOCK_DONE:
         counter, of_block = _BLOCK_WAITS[stage]
         window.wait(counter, block + 1 if of_block else after, operation=operation,
                     timeout=timeout)
-        stage = kernel(flat, layout.typed, window.words, plan, block, after, stage)
+        stage = kernel(flat, layout.typed, window.words, plan, block, after, stage, streaming)
 
 
 def _layout(window, flat, block, reduction):

@@ -98,7 +98,7 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
         pytest.skip("avg is for floating dtypes")
     monkeypatch.setattr(shared_memory, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(shared_memory, "SMALL_BYTES", 16384)  # the pipeline from 16 KiB
-    # Blocks, then one block (K.one_block; streaming: the stages in Python).
+    # Blocks (the stages in Python), then one block (K.one_block).
     for whole, streaming in ((0, False), (0, True), (1 << 20, False), (1 << 20, True)):
         monkeypatch.setattr(shared_memory, "WHOLE_BYTES", whole)
         x = rank_data(comm, 20_011, dtype, positive=op == "prod")
@@ -196,7 +196,8 @@ def test_shm_one_block_with_a_late_rank(comm, late, check, monkeypatch):
         if rank == slow:
             time.sleep(0.003)
         x = np.full(20_000 + i, rank + 2 * i, dtype=np.float32)
-        C.shm_allreduce(x, comm, check=check)
+        shared_memory.run(x, comm, resolve_op("sum", x.dtype), operation="test", check=check,
+                          timeout=None, streaming=i % 2 == 1)
         assert np.all(x == sum(range(size)) + 2 * i * size), (i, x[:3])
         assert shared_window(comm) is window
         assert all(layout.one_block[6] == 3 for layout in window.layouts.values())
