@@ -488,6 +488,18 @@ def all_at_least(words, index, stride, nrows, value):
     return True
 
 
+@nb.njit(**_INLINE)
+def _poll(words, index, word_stride, nrows, value, polls, yield_from):
+    # Whether every row's word reaches value within `polls` rounds, yielding
+    # the core after each from round `yield_from` on.
+    for i in range(polls):
+        if all_at_least(words, index, word_stride, nrows, value):
+            return True
+        if i >= yield_from:
+            _sched_yield()
+    return False
+
+
 @kernel(_sigs(nb.int64, _exchange_args), **_OPTIONS)
 def exchange(out, win, words, plan, sequence):
     """A small all-reduce's whole exchange through a shared window, in one call.
@@ -516,17 +528,14 @@ def exchange(out, win, words, plan, sequence):
     if row == 0:
         words[choice_at] = sequence * 16
     store_release(words, row * word_stride, sequence)  # after the writes above
-    for i in range(polls):
-        if all_at_least(words, 0, word_stride, nrows, sequence):
-            if words[choice_at] // 16 != sequence:
-                return OUT_OF_STEP
-            if finish(out, win, data_at, stride, nrows, code, last, float(nrows), words,
-                      header_at, word_stride, header_words):
-                return DONE
-            return DISAGREE
-        if i >= yield_from:
-            _sched_yield()
-    return NOT_YET
+    if not _poll(words, 0, word_stride, nrows, sequence, polls, yield_from):
+        return NOT_YET
+    if words[choice_at] // 16 != sequence:
+        return OUT_OF_STEP
+    if finish(out, win, data_at, stride, nrows, code, last, float(nrows), words,
+              header_at, word_stride, header_words):
+        return DONE
+    return DISAGREE
 
 
 #: Fields of :func:`one_block`'s plan before its pieces: stride, nrows,
@@ -541,17 +550,6 @@ def _one_block_args(v):
     return v, v, _I64, _I64, nb.int64, nb.int64, nb.int64, nb.boolean
 
 
-@nb.njit(**_INLINE)
-def _poll(words, index, word_stride, nrows, value, polls, yield_from):
-    # Whether every row's word reaches value within `polls` rounds.
-    for i in range(polls):
-        if all_at_least(words, index, word_stride, nrows, value):
-            return True
-        if i >= yield_from:
-            _sched_yield()
-    return False
-
-
 @kernel(_sigs(nb.int64, _one_block_args), **_OPTIONS)
 def one_block(flat, win, words, plan, block, after, stage, streaming):
     """The shared-memory pipeline for a call of one block, from ``stage`` on, in one call.
@@ -563,11 +561,11 @@ def one_block(flat, win, words, plan, block, after, stage, streaming):
     ``streaming``: the same bits as the stages in Python) and publishes
     REDUCED; stage 2 waits for every REDUCED, copies the other slices out
     and publishes OUT.  ``streaming``: the window is written with
-    streaming stores (copy-in and fold; a fence before each publication).  Each wait polls as
-    :func:`exchange` does; if one gives up, returns its stage, for the
-    caller to wait in Python (which drives MPI progress and the deadline)
-    and call again from there; else ``BLOCK_DONE``.  ``plan``: see
-    ``BLOCK_FIELDS``, then (window start, buffer start, stop) per copy-in
+    streaming stores (copy-in and fold; a fence before each publication).
+    Each wait polls as :func:`exchange` does; if one gives up, returns its
+    stage, for the caller to wait in Python (which drives MPI progress and
+    the deadline) and call again from there; else ``BLOCK_DONE``.
+    ``plan``: see ``BLOCK_FIELDS``, then (window start, buffer start, stop) per copy-in
     piece, (my slot's start, row 0's start, buffer start, stop, first row)
     per fold piece and (buffer start, stop, window start) per copy-out piece.
     """

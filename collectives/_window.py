@@ -111,7 +111,7 @@ class SharedWindow:
         self.slot_bytes = 0  # the large area's slot size in the last large call
         self.slot_last = {}  # slot -> global number of the last block in it
         self.headers = {}  # (operation, count, dtype, op) -> shared_memory._Kind
-        self.layouts = {}  # (count, dtype, block) -> shared_memory._Layout
+        self.layouts = {}  # (count, dtype, block, op) -> shared_memory._Layout
         self.views = {}  # dtype -> the window as an array of it
 
     # ---------------------------------------------------------- layout ---
@@ -169,7 +169,7 @@ class SharedWindow:
     def publish(self, counter, value):
         """Make my writes visible, then set my ``counter`` to ``value``."""
         self.win.Sync()
-        self.words[(self.rank * self.stride + counter * _LINE) // 8] = value
+        self.words[self.rank * self.stride // 8 + counter_word(counter)] = value
 
     def wait(self, counter, value, *, operation, timeout):
         """Return once every rank's ``counter`` is >= ``value``."""
