@@ -7,27 +7,17 @@
 # at the end; the prose around them quotes numbers of the run it was written
 # from, so read it again after a re-run.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-VENV="${VENV:-$ROOT/.venv}"
-PY="$VENV/bin/python"
+LIMIT="${LIMIT:-1800}"   # seconds per command
+source "$(dirname "$0")/_bench.sh"
 OUT="${OUT:-$ROOT/benchmarks/results}"
 REPEATS="${REPEATS:-7}"
 RANKS="${RANKS:-2 4}"
 SIZES="${SIZES:-8:64M}"
-LIMIT="${LIMIT:-1800}"   # seconds per command
 # every algorithm, "shm-streaming" (one of auto's candidates with no algorithm
 # name of its own), and "auto" on a collectives.shared_array (zero-copy)
 ALLREDUCE="mpi,ring,pipelined,tree,rd,shm,shm-streaming,cma,hierarchical,auto,auto-shared"
-TUNED="glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
-export NUMBA_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 failed=()
-
-bench() {  # bench NRANKS ARGS...: the CLI under mpiexec, with a time limit
-    local n="$1"; shift
-    timeout -k 10 "$LIMIT" "$VENV/bin/mpiexec" -n "$n" "$PY" -m mpi4py -m benchmarks.collectives "$@"
-}
 
 log() {  # a section header with the load and what else is using the CPU right now
     echo "## $* (load: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -29,6 +29,7 @@ kernel's cache is keyed on every module of this package and of its own
 
 import functools
 import importlib
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -80,18 +81,52 @@ def sources_stamp(*folders):
     return max((st.st_mtime for st in stats), default=0.0), sum(st.st_size for st in stats)
 
 
-def precompile(packages):
+def precompile(packages, *, processes=1):
     """Compile every listed signature of every kernel in the modules of ``packages``.
 
     Returns the number of signatures; each is written to Numba's cache.
+    With ``processes`` > 1 the kernels are shared out among that many forked
+    workers (all of one kernel's signatures in one worker, since a kernel's
+    signatures share one cache index file, and two writers would lose each
+    other's entries); the parent then holds none of them compiled.
     """
+    if processes < 1:
+        raise ValueError(f"precompile: processes must be at least 1, not {processes}")
+    kernels = _listed_kernels(packages)
+    if processes == 1 or len(kernels) < 2:
+        _compile_all(kernels)
+    else:
+        _compile_in_workers(kernels, processes)
+    return sum(len(value.listed) for value in kernels)
+
+
+def _listed_kernels(packages):
     for name in packages:
         importlib.import_module(name)
-    kernels = {id(value): value for name, module in list(sys.modules.items())
-               if module is not None and name.split(".")[0] in packages
-               for value in list(vars(module).values()) if isinstance(value, _Kernel)}
-    for value in kernels.values():
+    found = {id(value): value for name, module in list(sys.modules.items())
+             if module is not None and name.split(".")[0] in packages
+             for value in list(vars(module).values()) if isinstance(value, _Kernel)}
+    return list(found.values())
+
+
+def _compile_all(kernels):
+    for value in kernels:
         for signature in value.listed:
             value.compile(signature)
-    return sum(len(value.listed) for value in kernels.values())
 
+
+def _compile_in_workers(kernels, processes):
+    # Largest first, dealt round-robin: the workers finish at about the same
+    # time.  Forked, so each inherits the imported kernels (nothing pickled).
+    order = sorted(kernels, key=lambda value: -len(value.listed))
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_compile_all, args=(order[k::processes],))
+               for k in range(min(processes, len(order)))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = [k for k, worker in enumerate(workers) if worker.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"precompile: {len(failed)} of {len(workers)} workers failed "
+                           f"(exit codes {[workers[k].exitcode for k in failed]})")

@@ -1,5 +1,7 @@
 """Kernels compiled per listed signature at first use (collectives._compile)."""
 
+import functools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,26 @@ def test_an_unlisted_array_type_is_a_type_error_not_a_compile(array):
 def test_precompile_compiles_every_listed_signature():
     assert precompile(["optim"]) == sum(len(k.listed) for k in _optim_kernels())
     assert all(len(k.overloads) == len(k.listed) for k in _optim_kernels())
+
+
+def test_precompile_in_workers_fills_the_cache(tmp_path):
+    # The workers compile; a later process loads every signature, compiling none.
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    fill = "from collectives._compile import precompile; print(precompile(['optim'], processes=2))"
+    load = ("from collectives._compile import precompile; from optim import _kernels as O; "
+            "precompile(['optim']); ks = [O.add_scaled, O.sgd_step, O.sgd_momentum_step]; "
+            "print(sum(sum(k.stats.cache_hits.values()) for k in ks), "
+            "sum(sum(k.stats.cache_misses.values()) for k in ks))")
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300,
+                            check=True, env=env)
+    listed = sum(len(k.listed) for k in _optim_kernels())
+    assert run([sys.executable, "-c", fill]).stdout.split() == [str(listed)]
+    assert run([sys.executable, "-c", load]).stdout.split() == [str(listed), "0"]
+
+
+def test_precompile_needs_a_worker():
+    with pytest.raises(ValueError, match="processes must be at least 1, not 0"):
+        precompile(["optim"], processes=0)
 
 
 def _optim_kernels():
