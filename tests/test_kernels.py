@@ -127,6 +127,26 @@ def test_float16_min_max_on_the_bits_compare_the_values(op):
     np.testing.assert_array_equal(dst, want)
 
 
+@pytest.mark.parametrize("half_compare", (True, False))
+def test_float16_min_max_either_way_compare_the_values(half_compare, monkeypatch):
+    # pick_f16 compares as LLVM's half (vcmpph with AVX512-FP16) or on the
+    # bits, by K.HALF_COMPARE when it compiles: both ways, whatever this
+    # machine has (without FP16 lanes LLVM widens the half compare).
+    monkeypatch.setattr(K, "HALF_COMPARE", half_compare)
+
+    @nb.njit
+    def both(d, s, low, high):
+        for i in range(d.size):
+            low[i], high[i] = K.pick_f16(d[i], s[i], True), K.pick_f16(d[i], s[i], False)
+
+    dst, src = _pattern_pairs(64, seed=13)
+    low, high = np.empty_like(dst), np.empty_like(dst)
+    both(dst, src, low, high)
+    a, b = dst.view(np.float16).astype(np.float32), src.view(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(low, np.where((a < b) | np.isnan(a), dst, src))
+    np.testing.assert_array_equal(high, np.where((a > b) | np.isnan(a), dst, src))
+
+
 @nb.njit
 def _rounded_both_ways(x):
     out = np.empty((2, x.size), np.uint16)
