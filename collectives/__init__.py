@@ -10,6 +10,7 @@ from collectives.allreduce import (
     allreduce,
     auto_choice,
     choose_algorithm,
+    tuned_from,
 )
 from collectives.errors import CollectiveMismatchError, CollectiveTimeoutError
 from collectives.hierarchical import hierarchical_allreduce
@@ -50,4 +51,5 @@ __all__ = [
     "tree_allreduce",
     "tree_bcast",
     "tree_reduce",
+    "tuned_from",
 ]

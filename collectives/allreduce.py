@@ -12,10 +12,11 @@ A named ``algorithm=`` makes the same exchange (its header names the
 algorithm), so ranks that asked for different algorithms, "auto" included,
 raise a mismatch too instead of waiting for each other until the timeout.
 
-On one node, from ``TUNE_MIN_BYTES`` on, "auto" does not trust the
-thresholds alone: the shared-memory pipeline's speed there changes with
-how the machine places the ranks (2-4x between runs of the same binary,
-see BENCHMARKS.md), while the ring's does not; the single-copy algorithm
+On one node, above the shared-memory small mode (:func:`tuned_from`),
+"auto" does not trust the thresholds alone: the shared-memory pipeline's
+speed there changes with how the machine places the ranks (2-4x between
+runs of the same binary, see BENCHMARKS.md), while the ring's does not;
+the single-copy algorithm
 ("cma") may not be allowed at all.  Rank 0 times the candidates on live
 calls (:class:`collectives._tuner.Tuner`, per power-of-two size) and
 sends its pick in the agreement exchange, so every rank runs the same
@@ -49,16 +50,24 @@ from collectives.shared_memory import shm_allreduce
 from collectives.single_copy import cma_allreduce
 from collectives.tree import tree_allreduce
 
-__all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_MIN_BYTES"]
+__all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_MIN_BYTES",
+           "tuned_from"]
 
 #: algorithm names accepted by :func:`allreduce`.
 ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "cma", "hierarchical", "mpi")
 
 _STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 
-#: From this size on one node "auto" times shm against the ring and runs
-#: the faster (collectives._tuner); below it shm always wins here.
-TUNE_MIN_BYTES = 1 << 20
+#: From this size on, on one node and above the shared-memory small mode
+#: (``shared_memory.small_limit``; :func:`tuned_from` gives the smallest
+#: tuned size), "auto" times its candidates and runs the fastest
+#: (collectives._tuner); below it "shm" by the thresholds.  Until stop 25
+#: this was 1 MiB, where at 512 KiB "cma" took half the time of "shm":
+#: 2 ranks, Intel Xeon VM, "auto" 107-116 -> 57-59 us a call (MPI
+#: 117-125).  Not lower: at 256 KiB, 4 ranks on 2 cores, the tuner's own
+#: work and retries cost more than its pick gained ("auto" 240-247 us,
+#: its candidates 185-209; "shm" alone, as before, 199-218).
+TUNE_MIN_BYTES = 512 << 10
 #: The candidates of the tuner, in the order of its choice codes: the
 #: shared-memory algorithm with the whole buffer as one block ("shm": the
 #: fewest waits), in BLOCK_BYTES blocks ("shm-pipelined": data stays in
@@ -124,6 +133,11 @@ SHM_MAX_BYTES = 4 << 20
 RD_MAX_BYTES = recursive_doubling.FUSED_MAX_BYTES
 
 
+def tuned_from(size):
+    """The fewest bytes that "auto" tunes on one node of ``size`` ranks (see ``TUNE_MIN_BYTES``)."""
+    return max(TUNE_MIN_BYTES, shared_memory.small_limit(size) + 1)
+
+
 def choose_algorithm(nbytes, size, *, nodes=1):
     """Return the algorithm "auto" uses for ``nbytes`` over ``size`` ranks on ``nodes`` nodes."""
     if size == 1:
@@ -143,7 +157,7 @@ def allreduce(buf, comm, *, op="sum", algorithm="auto", check=True, timeout=None
     "hierarchical" (shared memory in nodes, ring across), "mpi" (the MPI
     library's own ``Allreduce``, as a baseline) or "auto" (by message
     size and node layout, see :func:`choose_algorithm`; on one node from
-    ``TUNE_MIN_BYTES`` on, the fastest of ``TUNED`` (shm variants, the
+    :func:`tuned_from` on, the fastest of ``TUNED`` (shm variants, the
     ring, "cma") as timed on earlier calls, see :func:`auto_choice`).  "auto" splits the
     communicator by node on its first call (collective); the environment
     variable ``MPI_COLLECTIVES_RANKS_PER_NODE`` makes it treat groups of
@@ -359,7 +373,7 @@ def _new_tuner(candidates, smallest):
 def auto_choice(comm, nbytes):
     """Return the algorithm ``allreduce(algorithm="auto")`` ran last on ``comm`` for ``nbytes``.
 
-    Between ``TUNE_MIN_BYTES`` and any size on one node this is the run-time
+    From :func:`tuned_from` on, on one node, this is the run-time
     tuner's pick (see :mod:`collectives._tuner`), the same on every rank:
     one of ``TUNED``, where "shm" is the whole buffer as one block and
     "shm-pipelined" (no ``algorithm=`` name) the same algorithm in
@@ -371,6 +385,6 @@ def auto_choice(comm, nbytes):
     nodes = 1 if state is None else state.layout.nodes
     static = choose_algorithm(nbytes, comm.Get_size(), nodes=nodes)
     tuner = None if state is None else state.tuner
-    if tuner is None or nodes > 1 or nbytes < TUNE_MIN_BYTES:
+    if tuner is None or nodes > 1 or nbytes < tuned_from(comm.Get_size()):
         return static
     return tuner.chosen(nbytes) or static

@@ -112,7 +112,7 @@ def test_shm_pipeline_equals_ring_bitwise(comm, dtype, op, monkeypatch):
 
 
 @pytest.mark.parametrize("nbytes, left_out", [
-    (C.TUNE_MIN_BYTES, {"shm-pipelined"}),  # up to WHOLE_BYTES: one block only
+    ("first", {"shm-pipelined"}),  # the first tuned size: one block only
     (2 * shared_memory.WHOLE_BYTES, set()),
 ])
 def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch, nbytes, left_out):
@@ -125,6 +125,8 @@ def test_auto_tunes_large_calls_on_rank_0s_choice(world, monkeypatch, nbytes, le
     comm, rank = world.Dup(), world.Get_rank()
     if rank != 0:
         monkeypatch.setattr(Tuner, "propose", lambda self, nbytes: pytest.fail("proposed"))
+    if nbytes == "first":
+        nbytes = C.tuned_from(comm.Get_size())
     count = nbytes // 8 + 13
     runs = set()
     for i in range(trial_calls(len(TUNED))):
@@ -146,8 +148,8 @@ def test_auto_tuning_off_keeps_the_thresholds(world, monkeypatch):
     monkeypatch.setenv("MPI_COLLECTIVES_TUNE", "0")
     comm, size = world.Dup(), world.Get_size()
     nodes = node_layout(comm).nodes
-    for nbytes in (C.TUNE_MIN_BYTES, 8 << 20):
-        x = np.ones(nbytes // 4, dtype=np.float32)
+    for nbytes in (C.tuned_from(size), 8 << 20):
+        x = np.ones(nbytes // 4 + 1, dtype=np.float32)
         for _ in range(7):
             C.allreduce(x, comm)
             assert C.auto_choice(comm, nbytes) == C.choose_algorithm(nbytes, size, nodes=nodes)

@@ -117,7 +117,7 @@ def test_auto_leaves_cma_out_where_not_permitted(world, monkeypatch):
             return pick
 
         monkeypatch.setattr(Tuner, "propose", first_cma)
-    count = C.TUNE_MIN_BYTES // 8 + 5
+    count = C.tuned_from(comm.Get_size()) // 8 + 5
     for i in range(len(TUNED) * 4):
         x = rank_data(comm, count, "float64", seed=i)
         ring = x.copy()
