@@ -58,16 +58,20 @@ ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "cma", "hierarch
 
 _STATE_KEY = MPI.Comm.Create_keyval()  # comm -> its _State
 
-#: From this size on, on one node and above the shared-memory small mode
-#: (``shared_memory.small_limit``; :func:`tuned_from` gives the smallest
-#: tuned size), "auto" times its candidates and runs the fastest
-#: (collectives._tuner); below it "shm" by the thresholds.  Until stop 25
-#: this was 1 MiB, where at 512 KiB "cma" took half the time of "shm":
-#: 2 ranks, Intel Xeon VM, "auto" 107-116 -> 57-59 us a call (MPI
-#: 117-125).  Not lower: at 256 KiB, 4 ranks on 2 cores, the tuner's own
-#: work and retries cost more than its pick gained ("auto" 240-247 us,
-#: its candidates 185-209; "shm" alone, as before, 199-218).
-TUNE_MIN_BYTES = 512 << 10
+#: From ``TUNE_BYTES_PER_RANK`` times the ranks on, at least this, on one
+#: node and above the shared-memory small mode (``shared_memory.small_limit``;
+#: :func:`tuned_from` gives the smallest tuned size), "auto" times its
+#: candidates and runs the fastest (collectives._tuner); below it "shm" by
+#: the thresholds.  Until stop 25 this was 1 MiB at any rank count, where
+#: at 256-512 KiB, 2 ranks, "cma" took half the time of "shm" and of the
+#: small mode: 512 KiB, Intel Xeon VM, "auto" 107-116 -> 57-59 us a call
+#: (MPI 117-125).  Growing with the ranks: at 256 KiB, 4 ranks on 2
+#: cores, the tuner's own work and retries cost more than its pick gained
+#: ("auto" 240-247 us, its candidates 185-209; "shm" alone, as before,
+#: 199-218).
+TUNE_MIN_BYTES = 256 << 10
+#: See ``TUNE_MIN_BYTES``.
+TUNE_BYTES_PER_RANK = 128 << 10
 #: The candidates of the tuner, in the order of its choice codes: the
 #: shared-memory algorithm with the whole buffer as one block ("shm": the
 #: fewest waits), in BLOCK_BYTES blocks ("shm-pipelined": data stays in
@@ -135,7 +139,7 @@ RD_MAX_BYTES = recursive_doubling.FUSED_MAX_BYTES
 
 def tuned_from(size):
     """The fewest bytes that "auto" tunes on one node of ``size`` ranks (see ``TUNE_MIN_BYTES``)."""
-    return max(TUNE_MIN_BYTES, shared_memory.small_limit(size) + 1)
+    return max(TUNE_MIN_BYTES, TUNE_BYTES_PER_RANK * size, shared_memory.small_limit(size) + 1)
 
 
 def choose_algorithm(nbytes, size, *, nodes=1):
@@ -281,7 +285,7 @@ def _auto(buf, comm, op, check, timeout):
         found = shared_arrays.find(comm, buf)
         if found is not None:
             return _zero_copy(buf, comm, state, found, reduction, "allreduce", timeout)
-    if check and layout.nodes == 1 and nbytes >= TUNE_MIN_BYTES:
+    if check and layout.nodes == 1 and nbytes >= tuned_from(layout.total):
         return _tuned(buf, comm, state, reduction, op, timeout)
     name = choose_algorithm(nbytes, layout.total, nodes=layout.nodes)
     if name == "shm":

@@ -52,7 +52,7 @@ from collectives.timeline import phase
 
 __all__ = ["shm_allreduce", "run", "run_small", "SmallCall", "is_small", "small_limit",
            "window_agreement", "window_choice", "fold_window", "SMALL_BYTES",
-           "SMALL_TOTAL_BYTES", "WHOLE_BYTES", "BLOCK_BYTES", "SLOTS"]
+           "SMALL_TOTAL_BYTES", "SMALL_RANK_BYTES", "WHOLE_BYTES", "BLOCK_BYTES", "SLOTS"]
 
 #: Messages up to this many bytes go through as one block: each block
 #: costs three waits and some tens of microseconds of Python, and data
@@ -71,11 +71,16 @@ SLOTS = 4
 #: not.  Measured crossover (this machine): 256 KiB at 2 ranks, 128 KiB at
 #: 4 (small mode 0.9-1.1x MPI there, the pipeline 1.2-2.4x).
 SMALL_TOTAL_BYTES = 512 * 1024
+#: The small mode's limit per rank, below its slots' ``SMALL_BYTES``: above
+#: it, at 2 ranks, "auto"'s tuned candidates win (256 KiB: "cma" 30 us a
+#: call on the Intel Xeon VM and 62 on the AMD Zen 3 VM, the small mode
+#: 58 and 119; MPI 58 and 107).
+SMALL_RANK_BYTES = 128 * 1024
 
 
 def small_limit(size):
     """The most bytes per rank, over ``size`` ranks, that go through the small mode."""
-    return min(SMALL_BYTES, SMALL_TOTAL_BYTES // size)
+    return min(SMALL_BYTES, SMALL_RANK_BYTES, SMALL_TOTAL_BYTES // size)
 
 
 def is_small(nbytes, size):
