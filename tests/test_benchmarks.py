@@ -272,3 +272,21 @@ def test_malloc_trace_runs_both_settings(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     row = out.read_text().splitlines()[-1].split("|")
     assert row[1].strip() == "1M" and all(float(cell) >= 0 for cell in row[2:4]), row
+
+
+def test_run_wide_writes_validated_tables(tmp_path):
+    # benchmarks/run_wide.sh (the 8/16-rank tables, for a machine with the
+    # cores) at 2 ranks and tiny sizes: every table written and validated.
+    env = dict(os.environ, VENV=sys.prefix, OUT=str(tmp_path), RANKS="2", SIZES="8:64",
+               REPEATS="1", LIMIT="120")
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_wide.sh")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    log = f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, log
+    for malloc in ("default", "tuned"):
+        data = json.loads((tmp_path / f"allreduce-2-{malloc}.json").read_text())
+        names = {row["algorithm"] for row in data["rows"]}
+        assert {"mpi", "ring", "shm", "auto"} <= names, (malloc, names)
+        assert data["rows"] and all(row["check"] == "pass" for row in data["rows"]), log
+        assert (tmp_path / f"allreduce-2-{malloc}.table.md").read_text().count("| pass |") == 4
+    assert (tmp_path / "machine.txt").exists() and (tmp_path / "membw-2.json").exists()
