@@ -6,6 +6,7 @@ take the communicator explicitly; options are keyword-only.
 
 from collectives.allreduce import (
     ALGORITHMS,
+    TUNE_BYTES_PER_RANK,
     TUNE_MIN_BYTES,
     allreduce,
     auto_choice,
@@ -34,6 +35,7 @@ __all__ = [
     "GroupRecord",
     "PARTIAL_ALGORITHMS",
     "PartialReducer",
+    "TUNE_BYTES_PER_RANK",
     "TUNE_MIN_BYTES",
     "allreduce",
     "auto_choice",

@@ -51,7 +51,7 @@ from collectives.single_copy import cma_allreduce
 from collectives.tree import tree_allreduce
 
 __all__ = ["allreduce", "ALGORITHMS", "choose_algorithm", "auto_choice", "TUNE_MIN_BYTES",
-           "tuned_from"]
+           "TUNE_BYTES_PER_RANK", "tuned_from"]
 
 #: algorithm names accepted by :func:`allreduce`.
 ALGORITHMS = ("auto", "ring", "pipelined", "tree", "rd", "shm", "cma", "hierarchical", "mpi")
