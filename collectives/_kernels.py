@@ -190,14 +190,19 @@ def f64_to_f16(x):
     return np.uint16(0x7E00 if a > 0x7FF0000000000000 else out)  # NaN
 
 
+def _target():
+    # Numba's own target (which NUMBA_CPU_NAME / NUMBA_CPU_FEATURES may
+    # change): whether it is AArch64, whether x86-64, and its features.
+    triple, _, features = cpu_target.target_context.codegen().magic_tuple()
+    return (triple.startswith(("aarch64", "arm64")), triple.startswith("x86_64"),
+            features.split(","))
+
+
 def _native_half():
     # Whether the code Numba makes here converts float16 <-> float32 in one
-    # instruction: F16C on x86 (every x86 since 2012), any AArch64.  Numba's
-    # own target, which NUMBA_CPU_NAME / NUMBA_CPU_FEATURES may change.
-    triple, _, features = cpu_target.target_context.codegen().magic_tuple()
-    if triple.startswith(("aarch64", "arm64")):
-        return True
-    return triple.startswith("x86_64") and "+f16c" in features.split(",")
+    # instruction: F16C on x86 (every x86 since 2012), any AArch64.
+    arm, x86, features = _target()
+    return arm or (x86 and "+f16c" in features)
 
 
 #: Whether float16 sums and products go through float32 (see ``add_f16``).
@@ -323,9 +328,8 @@ def _half_compare():
     # Whether the machine compares float16 in vector lanes of its own
     # (AVX512-FP16's vcmpph, AArch64's FP16), so that LLVM's half compare
     # needs no widening to float32.
-    triple, _, features = cpu_target.target_context.codegen().magic_tuple()
-    wanted = "+fullfp16" if triple.startswith(("aarch64", "arm64")) else "+avx512fp16"
-    return wanted in features.split(",")
+    arm, _, features = _target()
+    return ("+fullfp16" if arm else "+avx512fp16") in features
 
 
 #: Whether ``pick_f16`` compares float16 values directly (see there).

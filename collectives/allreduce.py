@@ -16,8 +16,7 @@ On one node, above the shared-memory small mode (:func:`tuned_from`),
 "auto" does not trust the thresholds alone: the shared-memory pipeline's
 speed there changes with how the machine places the ranks (2-4x between
 runs of the same binary, see BENCHMARKS.md), while the ring's does not;
-the single-copy algorithm
-("cma") may not be allowed at all.  Rank 0 times the candidates on live
+the single-copy algorithm ("cma") may not be allowed at all.  Rank 0 times the candidates on live
 calls (:class:`collectives._tuner.Tuner`, per power-of-two size) and
 sends its pick in the agreement exchange, so every rank runs the same
 algorithm; all fold every element in the same order, so the pick never

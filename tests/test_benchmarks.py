@@ -26,9 +26,11 @@ HEADER = [c.header for c in bench.COLUMNS]
 
 def _bench(nranks, args, **kw):
     result = run_mpi(nranks, ["-m", "benchmarks.collectives", *args], timeout=120, **kw)
-    log = (f"--- stdout ---\n{result.stdout[-6000:]}\n"
-           f"--- stderr ---\n{result.stderr[-6000:]}")
-    return result, log
+    return result, _log(result)
+
+
+def _log(result):
+    return f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
 
 
 def _table(stdout):
@@ -281,7 +283,7 @@ def test_run_wide_writes_validated_tables(tmp_path):
                REPEATS="1", LIMIT="120")
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "run_wide.sh")], env=env,
                             capture_output=True, text=True, timeout=600)
-    log = f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+    log = _log(result)
     assert result.returncode == 0, log
     for malloc in ("default", "tuned"):
         data = json.loads((tmp_path / f"allreduce-2-{malloc}.json").read_text())
