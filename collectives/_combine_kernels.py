@@ -24,12 +24,12 @@ from collectives._atomics import fence, load_acquire, store_release, store_strea
 from collectives._compile import kernel
 from collectives._kernels import (
     add_f16,
+    average_f16,
     avg_f16,
     by_multiplying,
     frozen,
     mul_f16,
     pick_f16,
-    quotient_f16,
 )
 
 __all__ = [
@@ -203,8 +203,7 @@ def _pair_f16(out, lo, hi, code, divisor):
     elif code == MAX:
         _loop(out, lo, hi, _pick16, False)
     elif by_multiplying(divisor):
-        n = np.float32(divisor)
-        _loop(out, lo, hi, _quotient16, (n, np.float32(1.0) / n))
+        average_f16(out, lo, hi, np.float32(divisor))
     else:
         _loop(out, lo, hi, _avg16, divisor)
 
@@ -222,11 +221,6 @@ def _mul16(a, b, d):
 @nb.njit(**_INLINE)
 def _pick16(a, b, smaller):
     return pick_f16(a, b, smaller)
-
-
-@nb.njit(**_INLINE)
-def _quotient16(a, b, d):
-    return quotient_f16(a, b, d[0], d[1])
 
 
 @nb.njit(**_INLINE)

@@ -16,7 +16,7 @@ the correctly rounded float16 result of every single operation.
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
@@ -28,7 +28,8 @@ __all__ = [
     "sum_into_f16", "prod_into_f16", "min_into_f16", "max_into_f16",
     "sum_div_into_f16", "div_inplace_f16",
     "f16_to_f64", "f64_to_f16", "add_f16", "mul_f16", "avg_f16", "pick_f16", "f16_value",
-    "quotient_f16", "by_multiplying", "MULTIPLY_BELOW", "fmuladd",
+    "quotient_f16", "average_f16", "AVERAGE_BLOCK", "by_multiplying", "MULTIPLY_BELOW",
+    "fmuladd",
     "round_f16", "NATIVE_HALF", "HALF_COMPARE", "frozen",
 ]
 
@@ -283,7 +284,7 @@ MULTIPLY_BELOW = 4096
 
 @nb.njit(inline="always")
 def by_multiplying(divisor):
-    """Whether ``quotient_f16`` gives (a + b) / divisor here (else ``avg_f16``)."""
+    """Whether ``average_f16`` gives (a + b) / divisor here (else ``avg_f16``)."""
     return (NATIVE_HALF and divisor >= 1.0 and divisor < MULTIPLY_BELOW
             and divisor == np.floor(divisor))
 
@@ -322,6 +323,58 @@ def quotient_f16(a, b, n, recip):
     toward = _bits_f32(np.int32(half | (~_f32_bits(t) & _SIGN)))  # half a step toward x
     r = m + (toward if t != 0 else np.float32(0.0))  # a tie: m, which rounds to even
     return _f32_to_f16(_bits_f32(np.int32(_f32_bits(r) | sign)))  # a zero keeps x's sign
+
+
+#: Elements per block of ``average_f16``: a block with an inexact float32
+#: sum is redone by ``quotient_f16``.
+AVERAGE_BLOCK = 64
+
+
+@intrinsic
+def _stack_u16(typingctx, count):
+    # A uint16 buffer of a literal count on the stack (in the entry block):
+    # LLVM sees that it overlaps no array, where it cannot for np.empty's.
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        buffer = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(16), count.literal_value))
+        return builder.bitcast(buffer, ir.IntType(16).as_pointer())
+    return types.CPointer(types.uint16)(count), codegen
+
+
+@nb.njit(inline="always")
+def average_f16(out, a, b, n):
+    """Out = (a + b) / n on float16 bits, rounded once; n an integer below MULTIPLY_BELOW.
+
+    Where a + b is exact in float32 (s), float16(s / n) with float32's
+    correctly rounded division is the answer: s and m * n, for a float16
+    midpoint m, are both multiples of s's float32 ulp, so s / n is either
+    m or more than half a float32 ulp from it, and float32 rounding can
+    put it on no midpoint it was not on.  The same bits as the float64
+    path on all 2**32 pairs with exact sums, n = 1-17, 24, 31, 63, 100,
+    127, 255, 256, 1000, 2047, 3000 and 4095.  A block where some sum is
+    inexact (the two exponents 13 or more apart, or an infinity or NaN:
+    (s - a, s - b) is not (b, a)) takes quotient_f16 instead.  Each block
+    goes through a stack buffer, so out may be a or b.
+    """
+    recip = np.float32(1.0) / n
+    block = nb.carray(_stack_u16(AVERAGE_BLOCK), AVERAGE_BLOCK)
+    full = out.size - out.size % AVERAGE_BLOCK
+    for start in range(0, full, AVERAGE_BLOCK):
+        inexact = np.int32(0)
+        for j in range(AVERAGE_BLOCK):  # a constant count: LLVM vectorises it whole
+            x, y = _f16_to_f32(a[start + j]), _f16_to_f32(b[start + j])
+            s = x + y
+            inexact |= np.int32((s - x != y) | (s - y != x))
+            block[j] = _f32_to_f16(s / n)
+        if inexact:
+            for j in range(AVERAGE_BLOCK):
+                block[j] = quotient_f16(a[start + j], b[start + j], n, recip)
+        for j in range(AVERAGE_BLOCK):
+            out[start + j] = block[j]
+    for i in range(full, out.size):
+        out[i] = quotient_f16(a[i], b[i], n, recip)
 
 
 def _half_compare():
@@ -421,10 +474,7 @@ def max_into_f16(dst, src):
 def sum_div_into_f16(dst, src, divisor):
     """Dst = (dst + src) / divisor on float16 bits, rounded once."""
     if by_multiplying(divisor):
-        n = np.float32(divisor)
-        recip = np.float32(1.0) / n
-        for i in range(dst.size):
-            dst[i] = quotient_f16(dst[i], src[i], n, recip)
+        average_f16(dst, dst, src, np.float32(divisor))
     else:
         for i in range(dst.size):
             dst[i] = avg_f16(dst[i], src[i], divisor)
@@ -435,9 +485,8 @@ def div_inplace_f16(dst, divisor):
     """Dst /= divisor on float16 bit patterns."""
     if by_multiplying(divisor):
         n = np.float32(divisor)
-        recip = np.float32(1.0) / n
-        for i in range(dst.size):  # + -0.0 (0x8000): the same value, -0.0 included
-            dst[i] = quotient_f16(dst[i], np.uint16(0x8000), n, recip)
+        for i in range(dst.size):  # a sum with nothing lost: see average_f16
+            dst[i] = _f32_to_f16(_f16_to_f32(dst[i]) / n)
     else:
         for i in range(dst.size):
             dst[i] = round_f16(np.float64(f16_value(dst[i])) / divisor)

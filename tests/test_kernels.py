@@ -242,6 +242,41 @@ def test_float16_avg_on_the_bits_is_rounded_once(divisor):
     _same_or_both_nan(alone, _quotient_rounded_once(bits, np.full_like(bits, 0x8000), divisor))
 
 
+#: (divisor, dst, src): a pair whose float32 sum is inexact and whose
+#: float16(sum / divisor) is one float16 ulp off: a block holding it must
+#: take the exact path.
+_INEXACT_PAIRS = [(3, 0x3C00, 0x07FF), (5, 0x3C00, 0x0401), (6, 0x3C00, 0x07FF),
+                  (7, 0x3C01, 0x03FF), (4095, 0x3C03, 0x7B7F)]
+
+
+@pytest.mark.parametrize("divisor,inexact_dst,inexact_src", _INEXACT_PAIRS)
+def test_float16_average_divides_exact_sums_and_redoes_a_block_with_an_inexact_one(
+        divisor, inexact_dst, inexact_src):
+    # Values within a factor 16 of each other, so every float32 sum is
+    # exact and each block takes the division (ties are common: with n = 3,
+    # a + b = 3 m for a midpoint m), and one planted pair in block 7.  Not
+    # a multiple of AVERAGE_BLOCK, so the tail runs too; in place (dst),
+    # and out-of-place and as the folds call it (out is src) through
+    # average_f16 itself.
+    rng = np.random.default_rng(divisor)
+    count = 50 * K.AVERAGE_BLOCK + 17
+    signs = rng.choice([-1, 1], (2, count))
+    dst, src = (signs * rng.uniform(0.25, 4.0, (2, count))).astype(np.float16).view(np.uint16)
+    planted = 7 * K.AVERAGE_BLOCK + 5
+    dst[planted], src[planted] = inexact_dst, inexact_src
+    want = _quotient_rounded_once(dst, src, divisor)
+    pair = [dst[planted:planted + 1].view(np.float16).astype(np.float32),
+            src[planted:planted + 1].view(np.float16).astype(np.float32)]
+    divided = ((pair[0] + pair[1]) / np.float32(divisor)).astype(np.float16).view(np.uint16)
+    assert divided[0] != want[planted]  # the pair needs the exact path
+    got = dst.copy()
+    K.sum_div_into_f16(got, src, float(divisor))
+    _same_or_both_nan(got, want)
+    for out, a, b in ((np.empty_like(dst), dst, src), (src.copy(), dst, None)):
+        K.average_f16(out, a, out if b is None else b, np.float32(divisor))
+        _same_or_both_nan(out, want)
+
+
 def test_integer_sum_wraps_like_numpy():
     a = np.array([np.iinfo(np.int32).max], np.int32)
     K.sum_into(a, np.array([1], np.int32))
