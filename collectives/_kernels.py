@@ -7,10 +7,13 @@ signatures, which ``_compile.precompile`` caches on disk at install, and
 loads the one it is called with on its first call (see ``_compile``).
 
 Numba has no float16 arithmetic on the CPU, so float16 buffers are handled
-as ``uint16`` bit patterns: each element is decoded exactly into float64,
-combined, and rounded back to the nearest float16 (ties to even).  The sum
-or product of two float16 values is exact in float64, so these kernels give
-the correctly rounded float16 result of every single operation.
+as ``uint16`` bit patterns: each element is decoded exactly (into float32
+where the machine converts float16 in one instruction, ``NATIVE_HALF``,
+else into float64), combined, and rounded back to the nearest float16
+(ties to even), so these kernels give the correctly rounded float16
+result of every single operation: sums and products through float32
+round once (24 >= 2 * 11 + 2 bits), and the average's quotient is
+exact by construction (``average_f16``, ``quotient_f16``).
 """
 
 import numba as nb
