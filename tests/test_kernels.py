@@ -229,9 +229,10 @@ def _same_or_both_nan(got, want):
 @pytest.mark.parametrize("divisor", (1, 2, 3, 5, 7, 12, 4095, 4096, 2.5, 10007))
 def test_float16_avg_on_the_bits_is_rounded_once(divisor):
     # Every pattern against 256 others of every magnitude and 2**20 random
-    # pairs.  Integer divisors below MULTIPLY_BELOW multiply (quotient_f16),
-    # the others divide in float64; ties (a + b = 3 m for a midpoint m) are
-    # common and need the exact sign of m * n - (a + b).
+    # pairs.  Integer divisors below MULTIPLY_BELOW take average_f16 (a
+    # float32 division where the sums are exact, quotient_f16 in a block
+    # where one is not), the others divide in float64; ties (a + b = 3 m for
+    # a midpoint m) are common and need the exact sign of m * n - (a + b).
     dst, src = _pattern_pairs(256, seed=13)
     want = _quotient_rounded_once(dst, src, divisor)
     K.sum_div_into_f16(dst, src, float(divisor))
@@ -272,9 +273,12 @@ def test_float16_average_divides_exact_sums_and_redoes_a_block_with_an_inexact_o
     got = dst.copy()
     K.sum_div_into_f16(got, src, float(divisor))
     _same_or_both_nan(got, want)
-    for out, a, b in ((np.empty_like(dst), dst, src), (src.copy(), dst, None)):
-        K.average_f16(out, a, out if b is None else b, np.float32(divisor))
-        _same_or_both_nan(out, want)
+    apart = np.empty_like(dst)
+    K.average_f16(apart, dst, src, np.float32(divisor))
+    _same_or_both_nan(apart, want)
+    folded = src.copy()  # out is the second input, as in the folds
+    K.average_f16(folded, dst, folded, np.float32(divisor))
+    _same_or_both_nan(folded, want)
 
 
 def test_integer_sum_wraps_like_numpy():
